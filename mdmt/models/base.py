@@ -1,0 +1,129 @@
+"""Model interface and registry (DESIGN §2, §5.1, §5.4).
+
+A model is an ``nn.Module`` built as ``Model(spec, embeddings, cfg)``: the schema, its
+:class:`~mdmt.embeddings.EmbeddingCollection` and a typed config. ``forward(batch)`` returns a
+:class:`ModelOutput` with one logit vector per named task. Models never apply the sigmoid or the
+loss, and take no device, optimizer or path. A model that needs several optimizers (PEPNet's
+Adagrad for embeddings, M3oE's architecture weights stepped on validation batches) says so in
+:meth:`MDMTModel.optim_groups`; the trainer never asks which model it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..embeddings import EmbeddingCollection
+from ..featuremap import FeatureMap
+from ..schema import ConfigError, DatasetSpec, StrictModel, parse_config
+
+__all__ = [
+    "ModelOutput",
+    "OptimGroup",
+    "MDMTModel",
+    "ModelInfo",
+    "REGISTRY",
+    "register",
+    "build_model",
+    "model_config",
+]
+
+
+@dataclass
+class ModelOutput:
+    """``logits``: ``{task: [B]}`` raw scores; ``aux_loss``: a scalar added to the task loss, or None."""
+
+    logits: dict[str, Tensor]
+    aux_loss: Tensor | None = None
+
+
+@dataclass
+class OptimGroup:
+    """A set of parameters with its own optimizer.
+
+    ``step_on="train"`` groups are stepped on training batches with the task loss; ``"valid"``
+    groups (e.g. M3oE's architecture weights α, β) are stepped on their own validation batches and
+    are never updated by the main optimizer. ``lr=None`` means the trainer's learning rate.
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    step_on: Literal["train", "valid"] = "train"
+
+
+class MDMTModel(nn.Module):
+    """Base class: holds the schema facts every model needs and the default single optimizer group."""
+
+    config_class: ClassVar[type[StrictModel]]
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection) -> None:
+        super().__init__()
+        self.task_names = spec.task_names
+        self.num_tasks = spec.num_tasks
+        self.num_domains = spec.num_domains
+        self.embeddings = embeddings
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def optim_groups(self) -> list[OptimGroup]:
+        """Default: every parameter in one Adam group."""
+        return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
+
+    def stop_gradient_params(self) -> list[str]:
+        """Names of parameters the task loss must leave without gradient (paper's stop-gradient)."""
+        return []
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    cls: type[MDMTModel]
+    paper: str
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register(name: str, paper: str, description: str = "") -> Callable[[type[MDMTModel]], type[MDMTModel]]:
+    """Class decorator: ``@register("mmoe", paper="Ma et al., KDD'18")``. Names are lower-case."""
+    if name != name.lower():
+        raise ValueError(f"registry names are lower-case, got {name!r}")
+
+    def deco(cls: type[MDMTModel]) -> type[MDMTModel]:
+        if name in REGISTRY and REGISTRY[name].cls is not cls:
+            raise ValueError(f"model name {name!r} is already registered")
+        cls.registry_name = name
+        REGISTRY[name] = ModelInfo(name, cls, paper, description or (cls.__doc__ or "").strip().split("\n")[0])
+        return cls
+
+    return deco
+
+
+def model_config(name: str, params: dict[str, Any] | None = None) -> StrictModel:
+    """Validate ``params`` against the registered model's config (unknown keys raise)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    return parse_config(params or {}, REGISTRY[name].cls.config_class, f"model '{name}' params")
+
+
+def build_model(
+    name: str,
+    spec: DatasetSpec,
+    feature_map: FeatureMap,
+    params: dict[str, Any] | None = None,
+    embedding_init_std: float = 0.01,
+) -> MDMTModel:
+    """Build a registered model with fresh embeddings. Never shares modules across calls."""
+    cfg = model_config(name, params)
+    emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std)
+    return REGISTRY[name].cls(spec, emb, cfg)
