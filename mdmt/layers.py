@@ -1,28 +1,104 @@
 """Generic layers shared by models: MLP, experts, gates, towers, cross and FM layers.
 
 Only generic building blocks live here (DESIGN §5.5); anything specific to one paper stays in
-that paper's model file.
+that paper's model file. Every layer uses tensor operations only (no Python loop over rows or
+domains, no ``.item()``, no branch on tensor values), so models built from them export to ONNX.
+
+Contents:
+
+* :func:`domain_select`: the one per-domain routing helper (gather per-domain parameters or
+  per-domain outputs by ``batch.domain``).
+* :class:`MLP`: a fully connected stack.
+* :class:`ParallelMLP`: ``K`` independent MLPs evaluated in one batched op (experts, towers).
+* :class:`Gate`: ``G`` softmax gates over ``E`` experts and the gated mixture (MMoE, PLE).
+* :class:`CrossNet`: the DCN-V2 cross network (full rank, low rank, mixture of low-rank experts).
+* :func:`fm_bi_interaction`: the FM pairwise interaction as a vector ``½((Σv)² − Σv²)``.
+* :class:`PartitionedNorm` and :class:`StarLinear`: STAR's per-domain normalisation and
+  star-topology linear layer, both routed through :func:`domain_select`.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "activation"]
+__all__ = [
+    "Activation",
+    "activation",
+    "domain_select",
+    "MLP",
+    "ParallelMLP",
+    "Gate",
+    "CrossNet",
+    "fm_bi_interaction",
+    "PartitionedNorm",
+    "StarLinear",
+]
+
+Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
 
 
 def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``prelu``)."""
     return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}[name]()
 
 
+def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
+    """``nn.Linear``'s default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for stacked weights."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    nn.init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        nn.init.uniform_(bias, -bound, bound)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-domain routing
+# ---------------------------------------------------------------------------------------------
+def domain_select(stacked: Tensor, domain: Tensor, rows: bool = False) -> Tensor:
+    """Pick, for every row, the entry of its domain. The one per-domain routing helper (DESIGN §5.3).
+
+    Two forms:
+
+    * ``rows=False``: ``stacked`` holds per-domain parameters ``[D, *S]``; returns ``[B, *S]``
+      with ``out[b] = stacked[domain[b]]`` (e.g. per-row normalisation statistics).
+    * ``rows=True``: ``stacked`` holds per-domain outputs for every row ``[D, B, *S]`` (a layer
+      applied once per domain); returns ``[B, *S]`` with ``out[b] = stacked[domain[b], b]``.
+
+    Args:
+        stacked: ``[D, *S]`` or ``[D, B, *S]`` (see above).
+        domain: ``[B]`` int64 domain index of each row, in ``[0, D)``.
+
+    Example::
+
+        >>> import torch
+        >>> p = torch.tensor([[1.0], [2.0], [3.0]])                  # [D=3, 1]
+        >>> domain_select(p, torch.tensor([2, 0])).flatten().tolist()
+        [3.0, 1.0]
+        >>> y = torch.arange(6.0).view(3, 2)                         # [D=3, B=2]
+        >>> domain_select(y, torch.tensor([2, 0]), rows=True).tolist()
+        [4.0, 1.0]
+    """
+    if not rows:
+        return stacked.index_select(0, domain)
+    idx = domain.view(1, -1, *([1] * (stacked.dim() - 2))).expand(1, *stacked.shape[1:])
+    return stacked.gather(0, idx).squeeze(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLPs, experts, gates
+# ---------------------------------------------------------------------------------------------
 class MLP(nn.Sequential):
     """Fully connected stack ``[B, in_dim] -> [B, out]``.
 
     Args:
         in_dim: input width.
-        hidden: hidden widths; each is Linear -> (BatchNorm) -> activation -> (Dropout).
+        hidden: hidden widths; each is Linear -> (BatchNorm | LayerNorm) -> activation -> (Dropout).
         out_dim: optional final Linear without activation (e.g. 1 for a tower's logit).
-        dropout, activation, batch_norm: per hidden layer.
+        dropout, act, batch_norm, layer_norm: per hidden layer.
 
     Example::
 
@@ -39,6 +115,7 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         act: str = "relu",
         batch_norm: bool = False,
+        layer_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         d = in_dim
@@ -46,6 +123,8 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
+            if layer_norm:
+                layers.append(nn.LayerNorm(h))
             layers.append(activation(act))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -59,3 +138,301 @@ class MLP(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D401 - same as Sequential
         return super().forward(x)
+
+
+class ParallelMLP(nn.Module):
+    """``K`` independent MLPs of one shape, evaluated in one batched op: experts or task towers.
+
+    MLP ``k`` computes ``a_{l+1} = act(a_l W_l[k] + b_l[k])`` for each hidden layer and, with
+    ``out_dim``, a last affine layer without activation. Weights are stacked ``[K, in, out]``.
+
+    Args:
+        in_dim: input width.
+        hidden: hidden widths (each followed by the activation and optional dropout).
+        num: ``K``, the number of MLPs.
+        out_dim: optional final affine layer (1 for towers that output a logit).
+        dropout, act: per hidden layer.
+
+    Shapes:
+        ``x``: ``[B, in_dim]`` (the same input for every MLP) or ``[B, K, in_dim]`` (one input
+        per MLP) -> ``[B, K, out]`` where ``out = out_dim or hidden[-1] or in_dim``.
+
+    Example::
+
+        >>> import torch
+        >>> experts = ParallelMLP(8, [16], num=4)
+        >>> experts(torch.randn(2, 8)).shape
+        torch.Size([2, 4, 16])
+        >>> towers = ParallelMLP(16, [8], num=3, out_dim=1)
+        >>> towers(torch.randn(2, 3, 16)).shape
+        torch.Size([2, 3, 1])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        num: int,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden] + ([out_dim] if out_dim is not None else [])
+        self.num = num
+        self.in_dim = in_dim
+        self.out_dim = dims[-1]
+        self.num_hidden = len(hidden)
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(num, a, b)) for a, b in zip(dims[:-1], dims[1:])])
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(num, b)) for b in dims[1:]])
+        self.acts = nn.ModuleList([activation(act) for _ in hidden])
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        for w, b in zip(self.weights, self.biases):
+            _linear_init_(w, b, w.shape[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if x.dim() == 2:  # shared input [B, in]
+                x = torch.einsum("bi,kio->bko", x, w) + b
+            else:  # per-MLP input [B, K, in]
+                x = torch.einsum("bki,kio->bko", x, w) + b
+            if i < self.num_hidden:
+                x = self.dropout(self.acts[i](x))
+        if x.dim() == 2:  # no layers at all: identity, broadcast to every MLP
+            x = x.unsqueeze(1).expand(-1, self.num, -1)
+        return x
+
+
+class Gate(nn.Module):
+    """``G`` softmax gates over ``E`` experts (MMoE's and PLE's gating networks).
+
+    Gate ``g`` computes ``w_g(x) = softmax(x W_g + b_g)`` (``[E]``) and the mixture
+    ``Σ_e w_g(x)_e · f_e`` of the expert outputs ``f_e``.
+
+    Args:
+        in_dim: selector input width.
+        num_experts: ``E``.
+        num_gates: ``G`` (e.g. one per task).
+
+    Shapes:
+        :meth:`weights`: ``x`` ``[B, in]`` (one selector input for every gate) or ``[B, G, in]``
+        -> ``[B, G, E]``, rows summing to one.
+        :meth:`forward`: ``x`` as above and ``experts`` ``[B, E, H]`` (the same experts for every
+        gate) or ``[B, G, E, H]`` (each gate its own experts) -> ``[B, G, H]``.
+
+    Example::
+
+        >>> import torch
+        >>> gate = Gate(8, num_experts=3, num_gates=2)
+        >>> gate(torch.randn(5, 8), torch.randn(5, 3, 4)).shape
+        torch.Size([5, 2, 4])
+    """
+
+    def __init__(self, in_dim: int, num_experts: int, num_gates: int = 1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_gates, in_dim, num_experts))
+        self.bias = nn.Parameter(torch.empty(num_gates, num_experts))
+        _linear_init_(self.weight, self.bias, in_dim)
+
+    def weights(self, x: Tensor) -> Tensor:
+        """Softmax weights ``[B, G, E]``."""
+        if x.dim() == 2:
+            z = torch.einsum("bi,gie->bge", x, self.weight)
+        else:
+            z = torch.einsum("bgi,gie->bge", x, self.weight)
+        return torch.softmax(z + self.bias, dim=-1)
+
+    def forward(self, x: Tensor, experts: Tensor) -> Tensor:
+        w = self.weights(x)
+        if experts.dim() == 3:
+            return torch.einsum("bge,beh->bgh", w, experts)
+        return torch.einsum("bge,bgeh->bgh", w, experts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature crossing: DCN-V2 cross network and FM
+# ---------------------------------------------------------------------------------------------
+class CrossNet(nn.Module):
+    """DCN-V2 cross network (Wang et al., WWW'21): explicit bounded-degree feature crosses.
+
+    Layer ``l`` maps ``x_l`` to ``x_{l+1}`` (``x_0`` is the input, ``d`` its width):
+
+    * full rank:  ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` with ``W_l`` ``[d, d]``;
+    * low rank ``r`` (``low_rank=r``): ``W_l = U_l V_lᵀ``, i.e.
+      ``x_{l+1} = x_0 ⊙ (U_l (V_lᵀ x_l) + b_l) + x_l`` with ``U_l, V_l`` ``[d, r]``;
+    * mixture of ``K`` low-rank experts (``num_experts=K > 1``, needs ``low_rank``):
+      ``x_{l+1} = Σ_i G_i(x_l) E_i(x_l) + x_l`` with
+      ``E_i(x_l) = x_0 ⊙ (U_l^i g(C_l^i g(V_l^{iᵀ} x_l)) + b_l)``, ``g = tanh``,
+      ``C_l^i`` ``[r, r]`` and ``G(x_l) = softmax(x_l W_g)`` over the experts.
+
+    Shapes: ``x0`` ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> CrossNet(6, num_layers=2, low_rank=3)(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, in_dim: int, num_layers: int, low_rank: int | None = None, num_experts: int = 1) -> None:
+        super().__init__()
+        if num_experts > 1 and low_rank is None:
+            raise ValueError("a mixture of cross experts needs low_rank")
+        self.in_dim = self.out_dim = in_dim
+        self.num_layers = num_layers
+        self.low_rank = low_rank
+        self.num_experts = num_experts
+        d, L, K = in_dim, num_layers, num_experts
+        self.bias = nn.Parameter(torch.zeros(L, d))
+        if low_rank is None:
+            self.W = nn.Parameter(torch.empty(L, d, d))  # x @ W[l] = (W_l x)ᵀ
+            nn.init.xavier_normal_(self.W)
+        else:
+            r = low_rank
+            self.V = nn.Parameter(torch.empty(L, K, d, r))
+            self.U = nn.Parameter(torch.empty(L, K, r, d))
+            nn.init.xavier_normal_(self.V.view(L * K, d, r))
+            nn.init.xavier_normal_(self.U.view(L * K, r, d))
+            if K > 1:
+                self.C = nn.Parameter(torch.empty(L, K, r, r))
+                nn.init.xavier_normal_(self.C.view(L * K, r, r))
+                self.gate = nn.Parameter(torch.empty(L, d, K))
+                nn.init.xavier_normal_(self.gate)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for l in range(self.num_layers):
+            if self.low_rank is None:
+                # full-rank cross: x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l
+                x = x0 * (x @ self.W[l] + self.bias[l]) + x
+            elif self.num_experts == 1:
+                # low-rank cross: W_l = U_l V_lᵀ
+                x = x0 * ((x @ self.V[l, 0]) @ self.U[l, 0] + self.bias[l]) + x
+            else:
+                # mixture of low-rank experts: E_i(x_l) = x_0 ⊙ (U g(C g(Vᵀ x_l)) + b_l)
+                z = torch.tanh(torch.einsum("bd,kdr->bkr", x, self.V[l]))
+                z = torch.tanh(torch.einsum("bkr,krs->bks", z, self.C[l]))
+                experts = x0.unsqueeze(1) * (torch.einsum("bkr,krd->bkd", z, self.U[l]) + self.bias[l])  # [B, K, d]
+                g = torch.softmax(x @ self.gate[l], dim=-1)  # G(x_l): [B, K]
+                x = torch.einsum("bk,bkd->bd", g, experts) + x
+        return x
+
+
+def fm_bi_interaction(v: Tensor) -> Tensor:
+    """FM pairwise interaction as a vector: ``½((Σ_i v_i)² − Σ_i v_i²)``.
+
+    Summed over the embedding dimension it is FM's second-order term ``Σ_{i<j} <v_i, v_j>``
+    (Rendle, ICDM'10; DeepFM, Guo et al., IJCAI'17), computed in ``O(F·d)``.
+
+    Shapes: ``v`` ``[B, F, d]`` (``F`` fields) -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> v = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+        >>> fm_bi_interaction(v).sum(-1).tolist()   # <v1, v2> = 3 + 8
+        [11.0]
+    """
+    s = v.sum(dim=1)
+    return 0.5 * (s * s - (v * v).sum(dim=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-domain layers (STAR)
+# ---------------------------------------------------------------------------------------------
+class PartitionedNorm(nn.Module):
+    """Partitioned Normalization (STAR, Sheng et al., CIKM'21): batch norm with per-domain statistics.
+
+    For a row of domain ``p``::
+
+        z' = (γ · γ_p) ⊙ (z − μ_p) / sqrt(σ²_p + ε) + (β + β_p)
+
+    ``γ, β`` are shared, ``γ_p, β_p`` belong to domain ``p``. In training ``μ_p, σ²_p`` are the
+    mean and (biased) variance of the batch rows of domain ``p``, and the per-domain running
+    statistics (buffers ``[D, dim]``) are updated with them by an exponential moving average;
+    a domain absent from the batch keeps its running statistics. In eval mode the running
+    statistics are used, so a row's output never depends on the other rows of its batch.
+    Everything is vectorised with a one-hot matrix ``[B, D]``.
+
+    Shapes: ``x`` ``[B, dim]``, ``domain`` ``[B]`` -> ``[B, dim]``.
+
+    Example::
+
+        >>> import torch
+        >>> pn = PartitionedNorm(4, num_domains=2)
+        >>> pn(torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])).shape
+        torch.Size([6, 4])
+    """
+
+    def __init__(self, dim: int, num_domains: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_domains = num_domains
+        self.eps = eps
+        self.momentum = momentum
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.domain_gamma = nn.Parameter(torch.ones(num_domains, dim))
+        self.domain_beta = nn.Parameter(torch.zeros(num_domains, dim))
+        self.register_buffer("running_mean", torch.zeros(num_domains, dim))
+        self.register_buffer("running_var", torch.ones(num_domains, dim))
+
+    def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        if self.training:
+            onehot = F.one_hot(domain, self.num_domains).to(x.dtype)  # [B, D]
+            count = onehot.sum(0).unsqueeze(-1)  # [D, 1]
+            mean = onehot.t() @ x / count.clamp(min=1.0)  # μ_p over the rows of domain p: [D, dim]
+            centred = x - domain_select(mean, domain)
+            var = onehot.t() @ (centred * centred) / count.clamp(min=1.0)  # biased σ²_p: [D, dim]
+            with torch.no_grad():
+                m = self.momentum
+                seen = count > 0
+                self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
+                unbiased = var * count / (count - 1.0).clamp(min=1.0)
+                self.running_var.copy_(torch.where(count > 1, (1 - m) * self.running_var + m * unbiased, self.running_var))
+            row_var = domain_select(var, domain)
+        else:
+            centred = x - domain_select(self.running_mean, domain)
+            row_var = domain_select(self.running_var, domain)
+        scale = self.gamma * domain_select(self.domain_gamma, domain)  # γ · γ_p
+        shift = self.beta + domain_select(self.domain_beta, domain)  # β + β_p
+        return scale * centred / torch.sqrt(row_var + self.eps) + shift
+
+
+class StarLinear(nn.Module):
+    """Star-topology linear layer (STAR, Sheng et al., CIKM'21).
+
+    Domain ``p`` uses the weight ``W*_p = W ⊙ W_p`` and bias ``b*_p = b + b_p``: the shared
+    parameters ``W, b`` are the centre of the star, ``W_p, b_p`` its domain-specific arms.
+    ``W_p`` starts at ones and ``b_p`` at zero, so training starts from the shared layer.
+
+    The layer is applied to every row for every domain (``[D, B, out]``, one batched matmul)
+    and each row keeps its own domain's output via :func:`domain_select`. That costs ``D``
+    times a plain linear layer but never materialises a ``[B, in, out]`` weight per row.
+
+    Shapes: ``x`` ``[B, in_dim]``, ``domain`` ``[B]`` -> ``[B, out_dim]``.
+
+    Example::
+
+        >>> import torch
+        >>> layer = StarLinear(4, 3, num_domains=2)
+        >>> layer(torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1])).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_domains: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        _linear_init_(self.weight, self.bias, in_dim)
+        self.domain_weight = nn.Parameter(torch.ones(num_domains, in_dim, out_dim))
+        self.domain_bias = nn.Parameter(torch.zeros(num_domains, out_dim))
+
+    def domain_weights(self) -> tuple[Tensor, Tensor]:
+        """``(W ⊙ W_p, b + b_p)`` for every domain: ``[D, in, out]`` and ``[D, out]``."""
+        return self.weight * self.domain_weight, self.bias + self.domain_bias
+
+    def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        w, b = self.domain_weights()
+        y = torch.einsum("bi,dio->dbo", x, w) + b.unsqueeze(1)  # every domain's output: [D, B, out]
+        return domain_select(y, domain, rows=True)

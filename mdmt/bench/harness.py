@@ -1,0 +1,492 @@
+"""The benchmark grid: datasets × entries (model, regime, params) × seeds.
+
+:func:`run_bench` trains every (dataset, label, seed) run of a :class:`BenchConfig` and writes
+each finished run as its own JSON file under ``<output_dir>/cells/`` (a temporary file renamed into
+place, so a file is either complete or absent). Re-running the same config skips every run whose
+file exists and whose configuration fingerprint still matches, so an interrupted grid resumes
+where it stopped. After the grid, :func:`mdmt.bench.report.write_report` turns the run files into
+``results.json``, ``results.parquet``, ``results.md`` and the seesaw heatmap.
+
+Example::
+
+    >>> cfg = BenchConfig(
+    ...     name="demo",
+    ...     datasets={"toy": DataConfig(source="synthetic", params={"preset": "douyin", "rows": 5000})},
+    ...     entries=[BenchEntry(label="MLP", model="mlp", regime="cell"),
+    ...              BenchEntry(label="MMoE", model="mmoe")],
+    ...     seeds=[0, 1], train=TrainConfig(epochs=1), baseline="MLP", output_dir="bench_out/demo",
+    ... )
+    >>> [k.name for k in grid_keys(cfg)]
+    ['toy__mlp__seed0', 'toy__mlp__seed1', 'toy__mmoe__seed0', 'toy__mmoe__seed1']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, deep_merge, read_yaml_with_base
+from ..schema import ConfigError, StrictModel, parse_config
+
+__all__ = [
+    "BenchEntry",
+    "BenchReference",
+    "BenchConfig",
+    "CellKey",
+    "BenchResults",
+    "load_bench_config",
+    "grid_keys",
+    "cell_experiment",
+    "fingerprint",
+    "cell_path",
+    "read_cell",
+    "write_json_atomic",
+    "completed_cells",
+    "run_bench",
+    "machine_description",
+    "slugify",
+]
+
+CELL_FORMAT = 1  #: version of the per-run JSON layout written under ``cells/``
+
+#: Training settings that do not change a run's results; they are left out of the fingerprint.
+_NON_RESULT_TRAIN_KEYS = ("progress", "device", "num_threads", "eval_batch_size")
+
+
+def slugify(text: str) -> str:
+    """File-name-safe, lower-case form of a label: ``"MLP (per cell)" -> "mlp-per-cell"``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or "x"
+
+
+class BenchEntry(StrictModel):
+    """One row of the benchmark table: a registered model trained under one regime.
+
+    Attributes:
+        label: display name in the tables, e.g. ``"MMoE-MTL"``; unique within a bench.
+        model: registered model name (``mdmt.models.REGISTRY``).
+        params: the model's params (validated by the model's own config).
+        regime: ``mdmt`` (one joint model), ``mtl`` (one multi-task model per domain),
+            ``mdl`` (one multi-domain model per task), ``cell`` (one model per domain-task cell).
+        train: overrides of :class:`~mdmt.config.TrainConfig` fields for this entry only.
+    """
+
+    label: str
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    regime: Literal["mdmt", "mtl", "mdl", "cell"] = "mdmt"
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchReference(StrictModel):
+    """Published or reference figures shown beside (never mixed with) the measured rows.
+
+    Attributes:
+        label: where the figures come from, e.g. ``"official M3oE code (ML-100K, seed 2022)"``.
+        dataset: the bench dataset key it refers to (None: the first dataset).
+        avg_auc, avg_logloss: average test AUC / LogLoss over cells (fractions, not ×10⁻²).
+        cells: optional per-cell AUC, keyed ``"domain/task"``.
+        train_samples_per_sec: training throughput, when known.
+        note: free text (protocol, seeds, hyper-parameters, how the figure was obtained).
+    """
+
+    label: str
+    dataset: str | None = None
+    avg_auc: float | None = None
+    avg_logloss: float | None = None
+    cells: dict[str, float] = Field(default_factory=dict)
+    train_samples_per_sec: float | None = None
+    note: str = ""
+
+
+class BenchConfig(StrictModel):
+    """A benchmark grid. Loaded from YAML with :func:`load_bench_config` (unknown keys raise).
+
+    Attributes:
+        name: bench name (titles, file names).
+        datasets: ``{key: DataConfig}``; each data set is prepared once and shared by all runs.
+        entries: the models (rows of the table).
+        seeds: model seeds; every entry runs once per seed (the data does not depend on them).
+        train: training settings shared by all entries (``regime`` and ``seed`` are set per run).
+        baseline: label the RelaImpr column and the paired t-test compare against.
+        seesaw_reference: label of the per-cell reference (e.g. the per-cell MLP) for the seesaw
+            heatmap; None draws no heatmap.
+        output_dir: where ``cells/``, ``runs/`` and the report go (relative to the working directory).
+        reference: optional published/reference figures, rendered in a separate section.
+    """
+
+    name: str
+    datasets: dict[str, DataConfig]
+    entries: list[BenchEntry]
+    seeds: list[int]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    baseline: str
+    seesaw_reference: str | None = None
+    output_dir: str
+    reference: BenchReference | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "BenchConfig":
+        if not self.datasets:
+            raise ValueError("datasets must name at least one data set")
+        if not self.entries:
+            raise ValueError("entries must list at least one model")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
+        labels = [e.label for e in self.entries]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"entry labels must be unique; repeated: {dup}")
+        slugs = [slugify(x) for x in labels]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"entry labels must differ in more than punctuation/case: {labels}")
+        for key in self.datasets:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or "__" in key:
+                raise ValueError(f"dataset key {key!r}: use letters, digits, '.', '-' or single '_'")
+        if self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not an entry label; labels: {labels}")
+        if self.seesaw_reference is not None and self.seesaw_reference not in labels:
+            raise ValueError(f"seesaw_reference {self.seesaw_reference!r} is not an entry label; labels: {labels}")
+        if self.reference is not None and self.reference.dataset is not None:
+            if self.reference.dataset not in self.datasets:
+                raise ValueError(f"reference.dataset {self.reference.dataset!r} is not a dataset key")
+        for e in self.entries:
+            if "seed" in e.train:
+                raise ValueError(f"entry {e.label!r}: set seeds in 'seeds', not in train overrides")
+            if "regime" in e.train and e.train["regime"] != e.regime:
+                raise ValueError(f"entry {e.label!r}: give the regime as entry.regime, not train.regime")
+            bad = sorted(set(e.train) - set(TrainConfig.model_fields))
+            if bad:
+                raise ValueError(f"entry {e.label!r}: unknown train override(s) {bad}")
+        return self
+
+    def entry(self, label: str) -> BenchEntry:
+        for e in self.entries:
+            if e.label == label:
+                return e
+        raise KeyError(label)
+
+
+def load_bench_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Load a bench YAML (a top-level ``base:`` file is merged under it), validate strictly.
+
+    Raises:
+        ConfigError: naming the file and the bad key.
+    """
+    data = read_yaml_with_base(path)
+    if overrides:
+        data = deep_merge(data, overrides)
+    cfg = parse_config(data, BenchConfig, str(path))
+    for e in cfg.entries:  # entry train overrides must form a valid TrainConfig
+        parse_config(deep_merge(cfg.train.model_dump(), e.train), TrainConfig, f"{path}: entry {e.label!r} train")
+    return cfg
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """One run of the grid: (dataset key, entry label, seed)."""
+
+    dataset: str
+    label: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """File stem: ``<dataset>__<label slug>__seed<seed>``."""
+        return f"{self.dataset}__{slugify(self.label)}__seed{self.seed}"
+
+
+def grid_keys(cfg: BenchConfig) -> list[CellKey]:
+    """Every run of the grid, in execution order: datasets, then entries, then seeds."""
+    return [CellKey(ds, e.label, s) for ds in cfg.datasets for e in cfg.entries for s in cfg.seeds]
+
+
+def cell_experiment(cfg: BenchConfig, key: CellKey) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of one run (bench train settings + entry overrides + seed).
+
+    Per-epoch progress bars are switched off (the bench shows one bar over the grid).
+    """
+    entry = cfg.entry(key.label)
+    train = deep_merge(cfg.train.model_dump(), entry.train)
+    train.update(regime=entry.regime, seed=key.seed, progress=False)
+    return ExperimentConfig(
+        name=f"{cfg.name}/{key.name}",
+        data=cfg.datasets[key.dataset],
+        model=ModelConfig(name=entry.model, params=entry.params),
+        train=parse_config(train, TrainConfig, f"bench {cfg.name!r}: entry {entry.label!r} train"),
+        output_dir=str(Path(cfg.output_dir) / "runs"),
+    )
+
+
+def fingerprint(exp: ExperimentConfig) -> str:
+    """SHA-256 of everything in ``exp`` that changes a run's results.
+
+    Left out: the run name, output directory, data cache directory and purely operational
+    training settings (progress bars, device, thread count, evaluation batch size).
+    """
+    d = exp.model_dump(mode="json")
+    d.pop("name", None)
+    d.pop("output_dir", None)
+    d["data"].pop("cache_dir", None)
+    for k in _NON_RESULT_TRAIN_KEYS:
+        d["train"].pop(k, None)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cell_path(output_dir: str | Path, key: CellKey) -> Path:
+    """``<output_dir>/cells/<key.name>.json``."""
+    return Path(output_dir) / "cells" / f"{key.name}.json"
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary file in the same directory, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=True, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_cell(path: str | Path) -> dict[str, Any] | None:
+    """A finished run's record, or None when the file is absent or unreadable (then it is re-run)."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("format") != CELL_FORMAT or "test" not in rec:
+        return None
+    return rec
+
+
+def completed_cells(cfg: BenchConfig) -> dict[CellKey, dict[str, Any]]:
+    """Runs of the grid whose record exists and whose fingerprint matches the current config."""
+    done: dict[CellKey, dict[str, Any]] = {}
+    for key in grid_keys(cfg):
+        rec = read_cell(cell_path(cfg.output_dir, key))
+        if rec is not None and rec.get("fingerprint") == fingerprint(cell_experiment(cfg, key)):
+            done[key] = rec
+    return done
+
+
+def machine_description() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU model, cores, threads, memory, GPU, versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": mem_gb,
+        "gpu": gpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One-line summary of :func:`machine_description`."""
+    parts = [f"{m.get('cpu')}", f"{m.get('logical_cores')} logical cores", f"torch threads {m.get('torch_threads')}"]
+    if m.get("memory_gb"):
+        parts.append(f"{m['memory_gb']} GB RAM")
+    parts.append(f"GPU: {m.get('gpu') or 'none'}")
+    parts.append(f"torch {m.get('torch')}, Python {m.get('python')}, {m.get('os')}")
+    return "; ".join(parts)
+
+
+@dataclass
+class BenchResults:
+    """What :func:`run_bench` did.
+
+    Attributes:
+        config: the bench config.
+        output_dir: where everything was written.
+        records: ``{CellKey: run record}`` for every finished run of the grid.
+        ran: runs trained in this call; skipped: runs found finished and reused.
+        report: ``{artifact: path}`` written by the report (empty when ``report=False``).
+    """
+
+    config: BenchConfig
+    output_dir: Path
+    records: dict[CellKey, dict[str, Any]]
+    ran: list[CellKey] = field(default_factory=list)
+    skipped: list[CellKey] = field(default_factory=list)
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+def _validate_models(cfg: BenchConfig) -> None:
+    """Check every entry's model name and params before the first run starts."""
+    from .. import models  # noqa: F401  (importing registers the models)
+    from ..models.base import model_config
+
+    for e in cfg.entries:
+        try:
+            model_config(e.model, e.params)
+        except ConfigError as err:
+            raise ConfigError(f"bench {cfg.name!r}, entry {e.label!r}: {err}") from None
+
+
+def _record(cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, seconds: float) -> dict[str, Any]:
+    entry = cfg.entry(key.label)
+    return {
+        "format": CELL_FORMAT,
+        "bench": cfg.name,
+        "dataset": key.dataset,
+        "label": key.label,
+        "model": entry.model,
+        "regime": entry.regime,
+        "seed": key.seed,
+        "fingerprint": fingerprint(exp),
+        "experiment": exp.model_dump(mode="json"),
+        "valid": result.valid.to_dict(),
+        "test": result.test.to_dict(),
+        "history": list(result.history),
+        "best_epoch": int(result.best_epoch),
+        "train_seconds": float(result.train_seconds),
+        "samples_per_sec": float(result.samples_per_sec),
+        "wall_seconds": seconds,
+        "run_dir": str(result.run_dir),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_bench(
+    cfg: BenchConfig,
+    data_dir: str | None = None,
+    resume: bool = True,
+    *,
+    report: bool = True,
+    config_path: str | None = None,
+    progress: bool = True,
+) -> BenchResults:
+    """Run (or resume) the grid and write the report.
+
+    Each data set is prepared once (only when one of its runs is still to do) and shared by all
+    entries and seeds. Every finished run is written at once to ``<output_dir>/cells/<key>.json``.
+    With ``resume=True`` runs whose file exists with the same configuration fingerprint are
+    skipped; a run whose configuration changed is trained again. ``resume=False`` re-runs all.
+
+    Args:
+        cfg: the grid.
+        data_dir: root of the real data sets (else ``MDMT_DATA_DIR``), passed to the loaders.
+        resume: skip finished runs.
+        report: write the report (:func:`mdmt.bench.report.write_report`) at the end.
+        config_path: the YAML the config came from, recorded so the report can state the command.
+        progress: show a progress bar over the grid.
+
+    Returns:
+        :class:`BenchResults`. An exception in a run propagates after the runs finished before it
+        were saved; calling again resumes.
+    """
+    from ..data import load_prepared
+    from ..train.run import run_experiment
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _validate_models(cfg)
+    keys = grid_keys(cfg)
+    done = completed_cells(cfg) if resume else {}
+    todo = [k for k in keys if k not in done]
+    meta_path = out / "meta.json"
+    old_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    write_json_atomic(
+        meta_path,
+        {
+            "bench": cfg.name,
+            "config_path": config_path or old_meta.get("config_path"),
+            "config": cfg.model_dump(mode="json"),
+            "machine": machine_description(),
+            "command_line": " ".join(sys.argv) if todo else old_meta.get("command_line"),
+            "started_at": old_meta.get("started_at") if done else datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    results = BenchResults(config=cfg, output_dir=out, records=dict(done), skipped=[k for k in keys if k in done])
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}"),
+        disable=not progress,
+        transient=False,
+    )
+    prepared: dict[str, Any] = {}
+    with bar:
+        task = bar.add_task(f"bench {cfg.name}", total=len(keys), completed=len(done), current="")
+        for key in todo:
+            bar.update(task, current=f"{key.dataset} · {key.label} · seed {key.seed}")
+            if key.dataset not in prepared:
+                prepared.clear()  # keep one data set in memory at a time
+                prepared[key.dataset] = load_prepared(cfg.datasets[key.dataset], data_dir=data_dir, progress=False)
+            exp = cell_experiment(cfg, key)
+            run_dir = out / "runs" / key.dataset / slugify(key.label) / f"seed{key.seed}"
+            t0 = time.perf_counter()
+            result = run_experiment(
+                exp, data_dir=data_dir, run_dir=run_dir, resume=False, prepared=prepared[key.dataset], quiet=True
+            )
+            rec = _record(cfg, key, exp, result, time.perf_counter() - t0)
+            write_json_atomic(cell_path(out, key), rec)
+            results.records[key] = rec
+            results.ran.append(key)
+            bar.advance(task)
+        bar.update(task, current="done")
+    if report:
+        from .report import write_report
+
+        results.report = write_report(cfg, results.records)
+    return results

@@ -1,0 +1,75 @@
+"""Live progress display for training: a rich progress bar with loss and samples per second."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["RunProgress"]
+
+
+class RunProgress:
+    """Context manager fed by :meth:`Trainer.fit`'s ``progress`` callback.
+
+    Shows one bar per epoch of the current unit with the live loss and training samples/s, and
+    prints a line per finished epoch (validation score, best epoch).
+    """
+
+    def __init__(self, enabled: bool = True, units: int = 1, epochs: int = 1, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.units = units
+        self.epochs = epochs
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task = None
+        self._unit = ""
+        self._t0 = time.perf_counter()
+        self._rows = 0
+
+    def __enter__(self) -> "RunProgress":
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[sps]:>9,.0f} samples/s"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_unit(self, tag: str, steps: int | None) -> None:
+        self._unit = tag
+
+    def update(self, event: str, **info) -> None:
+        if self._progress is None:
+            return
+        if event == "step":
+            desc = f"{info['tag']} epoch {info['epoch'] + 1}/{self.epochs}"
+            if self._task is None or info["step"] == 0:
+                if self._task is not None:
+                    self._progress.remove_task(self._task)
+                self._task = self._progress.add_task(desc, total=info["steps"], loss=float("nan"), sps=0.0)
+                self._t0, self._rows = time.perf_counter(), 0
+            self._rows += info["rows"] * 20 if info["step"] else info["rows"]
+            dt = time.perf_counter() - self._t0
+            self._progress.update(self._task, completed=info["step"] + 1, loss=info["loss"],
+                                  sps=self._rows / dt if dt > 0 else 0.0)
+        elif event == "epoch":
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+                self._task = None
+            sps = info.get("samples_per_sec") or 0.0
+            self._progress.console.print(
+                f"[dim]{info['tag']}[/] epoch {info['epoch'] + 1}: train loss {info['train_loss']:.4f}  "
+                f"valid score {info['valid_score']:.4f}  best epoch {info['best_epoch'] + 1}  {sps:,.0f} samples/s"
+            )

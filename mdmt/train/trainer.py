@@ -1,0 +1,339 @@
+"""The trainer: optimizers, schedule, early stopping with best-weight restore, checkpoints, logs.
+
+The trainer never asks which model it holds (DESIGN §2): it asks the model for its
+:meth:`~mdmt.models.base.MDMTModel.optim_groups` and builds one optimizer per group. Groups with
+``step_on="train"`` are stepped on training batches with the task loss; groups with
+``step_on="valid"`` (e.g. M3oE's architecture weights) are stepped on their own validation batches
+and never receive the main optimizer's updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..batch import Batch
+from ..config import TrainConfig
+from ..data.loader import BatchIterator
+from ..models.base import MDMTModel, OptimGroup
+from .loss import multitask_loss
+
+__all__ = ["Trainer", "FitResult", "seed_everything", "resolve_device", "atomic_save", "predict"]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally switch torch to deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+@torch.inference_mode()
+def predict(model: MDMTModel, data: Batch, batch_size: int, device: torch.device) -> np.ndarray:
+    """Probabilities ``[N, T]`` (task order = ``model.task_names``), in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(data), batch_size):
+        b = data.slice(start, start + batch_size).to(device)
+        out = model(b)
+        outs.append(torch.stack([out.logits[t] for t in model.task_names], 1).float().sigmoid().cpu())
+    model.train(was_training)
+    if not outs:
+        return np.zeros((0, model.num_tasks))
+    return torch.cat(outs).numpy().astype(np.float64)
+
+
+_OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    best_epoch: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+
+    @property
+    def samples_per_sec(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+class Trainer:
+    """Trains one model on one training split with early stopping on a validation score.
+
+    Args:
+        model: any registered model.
+        cfg: the training config.
+        score_fn: ``score_fn(probs [N, T]) -> float`` on the validation split (higher is better),
+            e.g. the mean validation AUC over all (domain, task) cells.
+        run_dir: where ``checkpoints/`` and ``log.jsonl`` go; None keeps everything in memory.
+        tag: a name for this model inside a run (several per run in the per-domain/per-task regimes).
+
+    Example::
+
+        trainer = Trainer(model, TrainConfig(epochs=3), score_fn=lambda p: evaluate(p, ...).avg_auc)
+        result = trainer.fit(train_batch, valid_batch)   # restores the best epoch's weights
+    """
+
+    def __init__(
+        self,
+        model: MDMTModel,
+        cfg: TrainConfig,
+        score_fn: Callable[[np.ndarray], float],
+        run_dir: Path | None = None,
+        tag: str = "model",
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.score_fn = score_fn
+        self.run_dir = run_dir
+        self.tag = tag
+        self.device = resolve_device(cfg.device)
+        self.model.to(self.device)
+        self.task_names = model.task_names
+        self._weights: Tensor | None = None
+        groups = model.optim_groups()
+        self._check_groups(groups)
+        self.train_groups = [g for g in groups if g.step_on == "train"]
+        self.valid_groups = [g for g in groups if g.step_on == "valid"]
+        self.optimizers = [self._make_optimizer(g) for g in groups]
+        self._train_opts = [o for o, g in zip(self.optimizers, groups) if g.step_on == "train"]
+        self._valid_opts = [o for o, g in zip(self.optimizers, groups) if g.step_on == "valid"]
+        self._train_params = [p for g in self.train_groups for p in g.params]
+        self._valid_params = [p for g in self.valid_groups for p in g.params]
+        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        self.log_path = (run_dir / f"log-{tag}.jsonl") if run_dir else None
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _check_groups(self, groups: list[OptimGroup]) -> None:
+        seen: set[int] = set()
+        for g in groups:
+            for p in g.params:
+                if id(p) in seen:
+                    raise ValueError(f"parameter appears in two optimizer groups (group {g.name!r})")
+                seen.add(id(p))
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in seen]
+        if missing:
+            raise ValueError(f"parameters in no optimizer group: {missing[:5]}")
+
+    def _make_optimizer(self, g: OptimGroup) -> torch.optim.Optimizer:
+        lr = g.lr if g.lr is not None else self.cfg.lr
+        kind = g.optimizer if (g.optimizer != "adam" or g.name != "main") else self.cfg.optimizer
+        wd = g.weight_decay or self.cfg.weight_decay
+        return _OPTIMIZERS[kind](g.params, lr=lr, weight_decay=wd)
+
+    def _make_schedulers(self, total_steps: int) -> None:
+        c = self.cfg
+        if c.scheduler == "none":
+            return
+
+        def factor(step: int) -> float:
+            if c.warmup_steps and step < c.warmup_steps:
+                return (step + 1) / c.warmup_steps
+            if c.scheduler in ("cosine", "warmup_cosine"):
+                t = (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+            if c.scheduler == "step":  # decay by step_gamma every epoch
+                return c.step_gamma ** (step // max(1, self._steps_per_epoch))
+            return 1.0
+
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        out = self.model(batch)
+        if self._weights is None:
+            self._weights = torch.ones(len(self.task_names), device=self.device)
+        return multitask_loss(out, batch, self.task_names, self._weights)
+
+    def train_step(self, batch: Batch) -> tuple[float, Tensor]:
+        """One step of every train-group optimizer on ``batch``. Returns (loss, per-task loss [T])."""
+        for o in self._train_opts:
+            o.zero_grad(set_to_none=True)
+        loss, per_task = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} (per task: {per_task.tolist()})")
+        loss.backward(inputs=self._train_params)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self._train_params, self.cfg.grad_clip)
+        for o in self._train_opts:
+            o.step()
+        return loss.detach(), per_task
+
+    def valid_step(self, batch: Batch) -> None:
+        """One step of the ``step_on="valid"`` groups on a validation batch (bi-level search)."""
+        for o in self._valid_opts:
+            o.zero_grad(set_to_none=True)
+        loss, _ = self._loss(batch)
+        loss.backward(inputs=self._valid_params)
+        for o in self._valid_opts:
+            o.step()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _ckpt_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def _state(self, epoch: int, best: dict, history: list[dict]) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "best": best,
+            "history": history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def _log(self, record: dict) -> None:
+        if self.log_path is None:
+            return
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self, train: Batch, valid: Batch, resume: bool = False, progress: Callable | None = None) -> FitResult:
+        """Train with early stopping on ``score_fn(valid)``, then restore the best weights.
+
+        ``progress`` (optional) is called as ``progress(event, **info)`` for a live display.
+        """
+        c = self.cfg
+        it = BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
+        self._steps_per_epoch = len(it) if c.max_steps_per_epoch is None else min(len(it), c.max_steps_per_epoch)
+        self._make_schedulers(self._steps_per_epoch * c.epochs)
+        valid_it = BatchIterator(valid, c.batch_size, shuffle=True, seed=c.seed + 7919) if self.valid_groups else None
+        history: list[dict] = []
+        best = {"score": -math.inf, "epoch": -1, "state": None}
+        start_epoch = 0
+        ckpt_dir = self._ckpt_dir()
+        last = ckpt_dir / f"{self.tag}-last.pt" if ckpt_dir else None
+        if resume and last is not None and last.exists():
+            state = torch.load(last, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            for o, s in zip(self.optimizers, state["optimizers"]):
+                o.load_state_dict(s)
+            for sch, s in zip(self.schedulers, state["schedulers"]):
+                sch.load_state_dict(s)
+            best, history = state["best"], state["history"]
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            start_epoch = state["epoch"] + 1
+            if state.get("stopped"):
+                start_epoch = c.epochs
+        seen, seconds, bad_epochs = 0, 0.0, 0
+        if history:
+            bad_epochs = history[-1].get("bad_epochs", 0)
+        self.model.train()
+        for epoch in range(start_epoch, c.epochs):
+            if bad_epochs > c.patience:
+                break
+            it.set_epoch(epoch)
+            valid_iter = None
+            if valid_it is not None:
+                valid_it.set_epoch(epoch)
+                valid_iter = iter(valid_it)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.device)
+            steps = rows = 0
+            for step, batch in enumerate(it):
+                if c.max_steps_per_epoch is not None and step >= c.max_steps_per_epoch:
+                    break
+                batch = batch.to(self.device, non_blocking=True)
+                loss, _ = self.train_step(batch)
+                if valid_iter is not None:
+                    vb = next(valid_iter, None)
+                    if vb is None:
+                        valid_iter = iter(valid_it)
+                        vb = next(valid_iter)
+                    self.valid_step(vb.to(self.device))
+                for s in self.schedulers:
+                    s.step()
+                loss_sum += loss
+                steps += 1
+                rows += len(batch)
+                if progress is not None and (step % 20 == 0):
+                    progress("step", tag=self.tag, epoch=epoch, step=step, steps=self._steps_per_epoch,
+                             loss=float(loss), rows=len(batch))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_seconds = time.perf_counter() - t0
+            seconds += epoch_seconds
+            seen += rows
+            probs = predict(self.model, valid, c.eval_batch_size, self.device)
+            score = float(self.score_fn(probs))
+            improved = not math.isnan(score) and score > best["score"] + c.min_delta
+            if improved:
+                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(self.model.state_dict())}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            rec = {
+                "tag": self.tag,
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / max(steps, 1),
+                "valid_score": score,
+                "best_epoch": best["epoch"],
+                "lr": self.optimizers[0].param_groups[0]["lr"],
+                "epoch_seconds": epoch_seconds,
+                "samples_per_sec": rows / epoch_seconds if epoch_seconds > 0 else None,
+                "bad_epochs": bad_epochs,
+            }
+            history.append(rec)
+            self._log(rec)
+            if progress is not None:
+                progress("epoch", **rec)
+            if last is not None:
+                state = self._state(epoch, best, history)
+                state["stopped"] = bad_epochs > c.patience
+                atomic_save(state, last)
+            if bad_epochs > c.patience:
+                break
+        if best["state"] is not None:  # restore the best epoch, never the last
+            self.model.load_state_dict(best["state"])
+        if ckpt_dir is not None:
+            atomic_save(self.model.state_dict(), ckpt_dir / f"{self.tag}-best.pt")
+        return FitResult(best_epoch=best["epoch"], best_score=best["score"], history=history,
+                         train_seconds=seconds, samples_seen=seen)

@@ -1,0 +1,149 @@
+"""Trainer behaviour: loss formula, early stopping restores the best weights, optimizer groups,
+checkpoints and resume, regimes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdmt.config import TrainConfig
+from mdmt.embeddings import EmbeddingCollection
+from mdmt.models.base import MDMTModel, ModelOutput, OptimGroup
+from mdmt.schema import StrictModel
+from mdmt.train.loss import masked_bce, multitask_loss
+from mdmt.train.run import regime_units
+from mdmt.train.trainer import Trainer
+
+from .conftest import make_batch, make_tiny
+
+
+class _Cfg(StrictModel):
+    pass
+
+
+class LinearModel(MDMTModel):
+    """flat input -> linear per task; optional 'arch' parameter stepped on validation batches."""
+
+    config_class = _Cfg
+
+    def __init__(self, spec, emb, with_arch: bool = False):
+        super().__init__(spec, emb)
+        self.head = nn.Linear(emb.input_dim, spec.num_tasks)
+        self.arch = nn.Parameter(torch.zeros(spec.num_tasks)) if with_arch else None
+
+    def forward(self, batch):
+        z = self.head(self.embeddings.flat_input(batch))
+        if self.arch is not None:
+            z = z + self.arch
+        return ModelOutput({t: z[:, i] for i, t in enumerate(self.task_names)})
+
+    def optim_groups(self):
+        main = [p for n, p in self.named_parameters() if n != "arch"]
+        groups = [OptimGroup("main", main)]
+        if self.arch is not None:
+            groups.append(OptimGroup("arch", [self.arch], optimizer="sgd", lr=0.5, step_on="valid"))
+        return groups
+
+
+def _model(with_arch=False, seed=0):
+    torch.manual_seed(seed)
+    spec, fm = make_tiny()
+    return spec, fm, LinearModel(spec, EmbeddingCollection(spec, fm), with_arch)
+
+
+def test_masked_bce_is_mean_over_observed_rows():
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    mask = torch.tensor([True, True, False, True])
+    expect = np.mean([math.log1p(math.exp(-0.3)), math.log1p(math.exp(-1.0)), math.log1p(math.exp(0.5))])
+    assert masked_bce(logits, labels, mask).item() == pytest.approx(expect, rel=1e-6)
+    assert masked_bce(logits, labels, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
+def test_multitask_loss_weights_and_aux():
+    spec, fm = make_tiny(num_tasks=2)
+    b = make_batch(spec, fm, size=8)
+    b.label_mask[:3, 1] = False
+    logits = {"t0": torch.randn(8), "t1": torch.randn(8)}
+    out = ModelOutput(logits, aux_loss=torch.tensor(0.25))
+    total, per_task = multitask_loss(out, b, ["t0", "t1"], torch.tensor([1.0, 2.0]))
+    l0 = F.binary_cross_entropy_with_logits(logits["t0"], b.labels[:, 0])
+    l1 = F.binary_cross_entropy_with_logits(logits["t1"][3:], b.labels[3:, 1])
+    assert total.item() == pytest.approx(l0.item() + 2 * l1.item() + 0.25, rel=1e-5)
+    assert per_task.tolist() == pytest.approx([l0.item(), l1.item()], rel=1e-5)
+
+
+def test_early_stopping_restores_best_not_last():
+    spec, fm, model = _model()
+    train = make_batch(spec, fm, size=64, seed=1)
+    valid = make_batch(spec, fm, size=32, seed=2)
+    scores = iter([0.6, 0.9, 0.7, 0.65, 0.64, 0.63])
+    snapshots = []
+
+    def score_fn(probs):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    cfg = TrainConfig(epochs=6, batch_size=16, patience=2, lr=0.05, progress=False)
+    res = Trainer(model, cfg, score_fn).fit(train, valid)
+    assert res.best_epoch == 1
+    assert len(res.history) == 4  # epochs 0..3: two bad epochs after the best, then one more -> stop
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[1][k]), f"{k} is not the best epoch's weights"
+    assert not torch.equal(model.head.weight, snapshots[-1]["head.weight"])
+
+
+def test_valid_group_is_not_updated_by_main_optimizer():
+    spec, fm, model = _model(with_arch=True)
+    train = make_batch(spec, fm, size=32, seed=1)
+    valid = make_batch(spec, fm, size=32, seed=2)
+    tr = Trainer(model, TrainConfig(epochs=1, batch_size=32, progress=False), lambda p: 0.0)
+    before = model.arch.detach().clone()
+    head_before = model.head.weight.detach().clone()
+    tr.train_step(train)
+    assert torch.equal(model.arch, before), "main step must not touch step_on='valid' parameters"
+    assert not torch.equal(model.head.weight, head_before)
+    head_after = model.head.weight.detach().clone()
+    tr.valid_step(valid)
+    assert not torch.equal(model.arch, before)
+    assert torch.equal(model.head.weight, head_after), "the valid step must not touch main parameters"
+
+
+def test_checkpoint_resume_continues(tmp_path):
+    spec, fm, model = _model()
+    train = make_batch(spec, fm, size=64, seed=1)
+    valid = make_batch(spec, fm, size=32, seed=2)
+    score = lambda p: float(-np.abs(p - 0.5).mean())  # noqa: E731
+    cfg2 = TrainConfig(epochs=2, batch_size=16, patience=5, progress=False)
+    Trainer(model, cfg2, score, run_dir=tmp_path, tag="m").fit(train, valid)
+    assert (tmp_path / "checkpoints" / "m-last.pt").exists()
+    assert (tmp_path / "checkpoints" / "m-best.pt").exists()
+    lines = (tmp_path / "log-m.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # resume to 4 epochs: only epochs 2 and 3 run
+    spec, fm, model2 = _model(seed=5)
+    cfg4 = TrainConfig(epochs=4, batch_size=16, patience=5, progress=False)
+    res = Trainer(model2, cfg4, score, run_dir=tmp_path, tag="m").fit(train, valid, resume=True)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    assert len((tmp_path / "log-m.jsonl").read_text().splitlines()) == 4
+
+
+def test_regime_units():
+    spec, _ = make_tiny(num_tasks=2, num_domains=3)
+    assert len(regime_units("mdmt", spec)) == 1
+    assert [u.domains for u in regime_units("mtl", spec)] == [[0], [1], [2]]
+    assert [u.tasks for u in regime_units("mdl", spec)] == [[0], [1]]
+    cells = regime_units("cell", spec)
+    assert len(cells) == 6 and cells[4].domains == [2] and cells[4].tasks == [0]
+
+
+def test_unassigned_parameter_is_an_error():
+    spec, fm, model = _model()
+    model.optim_groups = lambda: [OptimGroup("main", [model.head.weight])]
+    with pytest.raises(ValueError, match="no optimizer group"):
+        Trainer(model, TrainConfig(progress=False), lambda p: 0.0)
