@@ -17,9 +17,9 @@ Definitions (the full text with formulas is ``docs/metrics.md``):
 - **Over seeds**: mean ± sample std, and a two-sided paired t-test against a baseline
   (``*`` marks p < 0.05).
 
-Everything is vectorised numpy. Grouped AUCs sort the rows once by score (stable), then stably by
-the group key, and read the average rank of each tie run off the run boundaries: no Python loop
-over groups or rows. ``evaluate`` on 1M rows × 6 tasks × 3 domains takes a few seconds on one
+Everything is vectorised numpy. Grouped AUCs sort the rows by (group, score) with a stable radix
+sort (the score order is shared by the cell, pooled and group AUCs of a task) and read the average
+rank of each tie run off the run boundaries: no Python loop over groups or rows. ``evaluate`` on 1M rows × 6 tasks × 3 domains takes a few seconds on one
 core; ``benchmarks/metrics_speed.py`` measures it.
 
 Example::
@@ -150,14 +150,60 @@ class _Segments:
         return out
 
 
-def _small_key(key: np.ndarray) -> np.ndarray:
-    """A narrower copy of a non-negative key when it fits, so the stable sort can use radix sort."""
-    if key.size and key.min() >= 0:
-        top = key.max()
-        for dt in (np.uint8, np.uint16):
-            if top <= np.iinfo(dt).max:
-                return key.astype(dt)
-    return key
+def _sortable_uint(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map numbers to unsigned ints with the same order (equal numbers -> equal ints).
+
+    Returns ``(u, bits)``: ``u`` ``[n]`` unsigned ints of the input's width, shifted so that the
+    minimum is 0, and the bit width of the maximum. Floats use the IEEE trick (flip every bit of negatives, set the sign bit of
+    positives), after ``+ 0`` so that ``-0.0`` and ``0.0`` stay one tie. NaN is not allowed.
+    """
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.floating):
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        utype = np.uint32 if x.dtype == np.float32 else np.uint64
+        width = np.iinfo(utype).bits
+        b = (x + x.dtype.type(0)).view(utype)
+        sign = utype(1 << (width - 1))
+        u = np.where(b & sign, ~b, b | sign)
+    elif np.issubdtype(x.dtype, np.signedinteger):
+        utype = np.dtype(f"uint{x.dtype.itemsize * 8}").type
+        u = x.view(utype) ^ utype(1 << (x.dtype.itemsize * 8 - 1))
+    else:
+        u = x
+    if u.size == 0:
+        return u, 0
+    u = u - u.min()
+    return u, int(u.max()).bit_length()
+
+
+def _radix_order(x: np.ndarray, perm: np.ndarray | None = None) -> np.ndarray:
+    """Permutation sorting ``x`` ascending; with ``perm``, a stable re-sort of ``perm`` by ``x``.
+
+    LSD radix sort over 16-bit digits: each pass is numpy's stable argsort of a ``uint16`` array,
+    which numpy runs as a radix sort, so a float32 score needs two linear passes instead of a
+    comparison sort. ``_radix_order(key, _radix_order(score))`` orders rows by (key, score).
+    """
+    u, bits = _sortable_uint(x)
+    if perm is None:
+        perm = np.arange(u.shape[0])
+        if bits == 0:
+            return perm
+        u_perm = u
+    elif bits == 0:
+        return perm
+    else:
+        u_perm = u[perm]
+    if bits <= 32 and u_perm.dtype.itemsize > 4:
+        u_perm = u_perm.astype(np.uint32)
+    for shift in range(0, bits, 16):
+        digit = (u_perm >> shift).astype(np.uint16)  # the cast keeps the low 16 bits
+        step = np.argsort(digit, kind="stable")
+        perm = perm[step]
+        if shift + 16 < bits:
+            u_perm = u_perm[step]
+    return perm
 
 
 def _segment_u(
@@ -169,22 +215,20 @@ def _segment_u(
         y: ``[n]`` bool labels.
         s: ``[n]`` finite scores.
         key: ``[n]`` integer segment key, or None for one segment.
-        score_order: ``np.argsort(s, kind="stable")`` when the caller already has it.
+        score_order: ``_radix_order(s)`` when the caller already has it (shared by several keys).
 
-    Rows are ordered by (key, score) with two stable sorts. A tie run is a maximal block of equal
-    (key, score); its rows share the average 1-based rank of the block within its segment,
+    Rows are ordered by (key, score) with a stable LSD radix sort. A tie run is a maximal block of
+    equal (key, score); its rows share the average 1-based rank of the block within its segment,
     ``start + (len + 1) / 2``, kept doubled so that everything stays an exact int64.
     """
     n = int(y.shape[0])
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return _Segments(empty, empty, empty, empty)
-    order = np.argsort(s, kind="stable") if score_order is None else score_order
+    order = _radix_order(s) if score_order is None else score_order
     if key is not None:
-        k_by_score = key[order]
-        by_key = np.argsort(_small_key(k_by_score), kind="stable")
-        order = order[by_key]
-        ks = k_by_score[by_key]
+        order = _radix_order(key, order)
+        ks = key[order]
     ss = s[order]
     ys = y[order]
 
@@ -857,7 +901,7 @@ def evaluate(
         s_ok = np.where(nonfin, 0, s) if nonfin.any() else s
         reasons = [_reason(int(n_d[i]), int(pos_d[i]), int(bad_d[i])) for i in range(D)]
 
-        order = np.argsort(s_ok, kind="stable")
+        order = _radix_order(s_ok)
         # AUC per domain
         seg = _segment_u(y, s_ok, d, order)
         auc_d = np.full(D, math.nan)

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -57,6 +58,9 @@ __all__ = [
     "run_bench",
     "machine_description",
     "slugify",
+    "add_arguments",
+    "run_cli",
+    "main",
 ]
 
 CELL_FORMAT = 1  #: version of the per-run JSON layout written under ``cells/``
@@ -97,6 +101,8 @@ class BenchReference(StrictModel):
         label: where the figures come from, e.g. ``"official M3oE code (ML-100K, seed 2022)"``.
         dataset: the bench dataset key it refers to (None: the first dataset).
         avg_auc, avg_logloss: average test AUC / LogLoss over cells (fractions, not ×10⁻²).
+        macro_task_auc: per-task AUC pooled over domains, averaged over tasks (the overall figure
+            the official M3oE code prints).
         cells: optional per-cell AUC, keyed ``"domain/task"``.
         train_samples_per_sec: training throughput, when known.
         note: free text (protocol, seeds, hyper-parameters, how the figure was obtained).
@@ -106,6 +112,7 @@ class BenchReference(StrictModel):
     dataset: str | None = None
     avg_auc: float | None = None
     avg_logloss: float | None = None
+    macro_task_auc: float | None = None
     cells: dict[str, float] = Field(default_factory=dict)
     train_samples_per_sec: float | None = None
     note: str = ""
@@ -393,7 +400,7 @@ def _record(cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, 
         "valid": result.valid.to_dict(),
         "test": result.test.to_dict(),
         "history": list(result.history),
-        "best_epoch": int(result.best_epoch),
+        "best_epoch": result.best_epoch if isinstance(result.best_epoch, dict) else int(result.best_epoch),
         "train_seconds": float(result.train_seconds),
         "samples_per_sec": float(result.samples_per_sec),
         "wall_seconds": seconds,
@@ -490,3 +497,58 @@ def run_bench(
 
         results.report = write_report(cfg, results.records)
     return results
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``mdmt bench`` arguments to ``parser`` (used by the ``mdmt`` CLI)."""
+    parser.add_argument("config", help="bench YAML (configs/bench/*.yaml)")
+    parser.add_argument("--data-dir", default=None, help="root of the real data sets (default: $MDMT_DATA_DIR)")
+    parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds overriding the config's, e.g. 0,1")
+    parser.add_argument("--no-resume", action="store_true", help="re-run every cell, even finished ones")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Execute parsed ``mdmt bench`` arguments. Returns the exit status."""
+    from .report import write_report
+
+    overrides: dict[str, Any] = {}
+    quiet = bool(getattr(args, "quiet", False))
+    if getattr(args, "output_dir", None):
+        overrides["output_dir"] = args.output_dir
+    if getattr(args, "seeds", None):
+        overrides["seeds"] = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    cfg = load_bench_config(args.config, overrides or None)
+    if getattr(args, "report_only", False):
+        paths = write_report(cfg, command=f"mdmt bench {args.config}")
+    else:
+        res = run_bench(
+            cfg,
+            data_dir=getattr(args, "data_dir", None),
+            resume=not getattr(args, "no_resume", False),
+            config_path=args.config,
+            progress=not quiet,
+        )
+        print(f"bench {cfg.name}: {len(res.ran)} run(s) trained, {len(res.skipped)} reused from {Path(cfg.output_dir) / 'cells'}")
+        paths = res.report
+    for name, p in paths.items():
+        print(f"wrote {p}")
+    md = paths.get("results.md")
+    if md is not None and not quiet:
+        print()
+        print(Path(md).read_text())
+    return 0
+
+
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    """The ``mdmt bench`` command: takes parsed arguments (from the ``mdmt`` CLI) or an argv list."""
+    if not isinstance(args, argparse.Namespace):
+        parser = add_arguments(argparse.ArgumentParser(prog="mdmt bench", description="Run a benchmark grid."))
+        args = parser.parse_args(args if args is not None else sys.argv[1:])
+    return run_cli(args)

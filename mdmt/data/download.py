@@ -10,6 +10,7 @@ a repackaged archive with identical files is accepted, a changed file is not).
 Example (offline, with a local archive)::
 
     >>> from pathlib import Path
+from typing import Any, BinaryIO
     >>> path = download("file:///tmp/archive.zip", Path("/tmp/cache/archive.zip"), sha256=None)  # doctest: +SKIP
 """
 
@@ -122,6 +123,27 @@ def verify_files(directory: str | Path, expected: dict[str, str]) -> None:
         raise DataError("\n".join(problems))
 
 
+def _copy_url(url: str, out: BinaryIO, h: Any, description: str, progress: bool) -> None:
+    """Stream ``url`` into the open binary file ``out``, updating the hash ``h``."""
+    with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - the URL is the user's choice
+        total = resp.headers.get("Content-Length") if resp.headers else None
+        total_n = int(total) if total and str(total).isdigit() else None
+        if not progress:
+            for block in iter(lambda: resp.read(_CHUNK), b""):
+                out.write(block)
+                h.update(block)
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(description, total=total_n)
+            for block in iter(lambda: resp.read(_CHUNK), b""):
+                out.write(block)
+                h.update(block)
+                bar.advance(task, len(block))
+
+
 def download(url: str, dest: str | Path, sha256: str | None = None, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` (temp file, verify, then rename) and return ``dest``.
 
@@ -146,39 +168,9 @@ def download(url: str, dest: str | Path, sha256: str | None = None, progress: bo
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                resp = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - URL chosen by the user
+                _copy_url(url, out, h, f"download {dest.name}", progress)
             except (urllib.error.URLError, OSError, ValueError) as err:
                 raise DataError(f"cannot download {url}: {err}") from None
-            with resp:
-                total = resp.headers.get("Content-Length") if resp.headers else None
-                total_n = int(total) if total and total.isdigit() else None
-                if progress:
-                    from rich.progress import (
-                        BarColumn,
-                        DownloadColumn,
-                        Progress,
-                        TextColumn,
-                        TimeRemainingColumn,
-                        TransferSpeedColumn,
-                    )
-
-                    with Progress(
-                        TextColumn("[bold]{task.description}"),
-                        BarColumn(),
-                        DownloadColumn(),
-                        TransferSpeedColumn(),
-                        TimeRemainingColumn(),
-                        transient=True,
-                    ) as bar:
-                        task = bar.add_task(f"download {dest.name}", total=total_n)
-                        for block in iter(lambda: resp.read(_CHUNK), b""):
-                            out.write(block)
-                            h.update(block)
-                            bar.advance(task, len(block))
-                else:
-                    for block in iter(lambda: resp.read(_CHUNK), b""):
-                        out.write(block)
-                        h.update(block)
         actual = h.hexdigest()
         if sha256 is not None and actual != sha256.lower():
             raise DataError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {actual}; nothing written to {dest}")
@@ -256,11 +248,15 @@ def fetch_movielens(variant: str, cache_dir: str | Path, *, url: str | None = No
     archive = download(url or MOVIELENS_URLS[variant], cache / f"{variant}.zip", sha256=None, progress=progress)
     staging = Path(tempfile.mkdtemp(prefix=f"{variant}.", dir=cache))
     try:
-        extract_zip(archive, staging)
-        found = _find_dir_with(staging, needed)
-        if found is None:
-            raise DataError(f"{archive}: the archive does not contain {needed}")
-        verify_files(found, expected)
+        try:
+            extract_zip(archive, staging)
+            found = _find_dir_with(staging, needed)
+            if found is None:
+                raise DataError(f"{archive}: the archive does not contain {needed}")
+            verify_files(found, expected)
+        except DataError:
+            archive.unlink(missing_ok=True)  # a bad archive is fetched again next time
+            raise
         if target.exists():
             shutil.rmtree(target)
         found.replace(target)
@@ -282,10 +278,15 @@ def fetch_kuairand_pure(cache_dir: str | Path, *, url: str | None = None, progre
         archive = download(url or KUAIRAND_PURE_URL, cache / "KuaiRand-Pure.tar.gz", sha256=None, progress=progress)
         staging = Path(tempfile.mkdtemp(prefix="KuaiRand-Pure.", dir=cache))
         try:
-            extract_tar(archive, staging)
-            inner = _find_dir_with(staging, KUAIRAND_PURE_FILES)
-            if inner is None:
-                raise DataError(f"{archive}: the archive does not contain {KUAIRAND_PURE_FILES}")
+            try:
+                extract_tar(archive, staging)
+                inner = _find_dir_with(staging, KUAIRAND_PURE_FILES)
+                if inner is None:
+                    raise DataError(f"{archive}: the archive does not contain {KUAIRAND_PURE_FILES}")
+                verify_files(inner, KUAIRAND_FILE_SHA256)
+            except DataError:
+                archive.unlink(missing_ok=True)  # a bad archive is fetched again next time
+                raise
             if root.exists():
                 shutil.rmtree(root)
             root.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,31 @@
+"""Models: the registry and every registered model (DESIGN §2).
+
+Importing this package fills :data:`REGISTRY`; build a model by name with :func:`build_model`.
+
+Example::
+
+    >>> from mdmt.models import REGISTRY
+    >>> sorted(REGISTRY)[:3]
+    ['dcnv2', 'deepfm', 'mlp']
+"""
+
+from __future__ import annotations
+
+# every model module registers itself on import
+from . import dcnv2, deepfm, mlp, mmoe, ple, sharedbottom, star  # noqa: F401
+from .backbones import BackboneConfig, BackboneKind, build_backbone
+from .base import REGISTRY, MDMTModel, ModelInfo, ModelOutput, OptimGroup, build_model, model_config, register
+
+__all__ = [
+    "REGISTRY",
+    "register",
+    "build_model",
+    "model_config",
+    "ModelOutput",
+    "ModelInfo",
+    "OptimGroup",
+    "MDMTModel",
+    "BackboneConfig",
+    "BackboneKind",
+    "build_backbone",
+]

@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from ..batch import Batch
@@ -74,7 +74,7 @@ class BackboneConfig(StrictModel):
         dropout, act: of the MLP hidden layers.
     """
 
-    hidden: list[int] = Field(default_factory=lambda: [64])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
     cross_layers: int = Field(default=2, ge=1)
     low_rank: int | None = Field(default=None, ge=1)
     cross_experts: int = Field(default=1, ge=1)
@@ -84,8 +84,6 @@ class BackboneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "BackboneConfig":
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
         if self.cross_experts > 1 and self.low_rank is None:
             raise ValueError("cross_experts > 1 (a mixture of low-rank experts) needs low_rank")
         return self

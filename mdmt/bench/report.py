@@ -1,0 +1,747 @@
+"""Bench report: results file, papers' layout markdown table, seesaw heatmap, BENCHMARKS.md.
+
+Inputs are the per-run records written by :func:`mdmt.bench.harness.run_bench` under
+``<output_dir>/cells/`` (each holds ``test`` and ``valid`` as :meth:`EvalResult.to_dict` output).
+
+Numbers in the tables:
+
+* AUC and LogLoss are shown in units of 10⁻² (``75.02`` means 0.7502), as in the papers, and are
+  the mean over seeds of the per-seed value. ``Avg AUC`` is the per-seed mean over the
+  (domain, task) cells, then averaged over seeds. ``Task-pooled AUC`` is the per-task AUC pooled
+  over domains, averaged over tasks (the official M3oE code's overall figure).
+* ``RelaImpr`` = ((AUC_model − 0.5) / (AUC_base − 0.5) − 1) × 100 % on the mean Avg AUC.
+* ``*`` marks a value significantly better than the baseline's (two-sided paired t-test over
+  the seeds both ran, p < 0.05); ``†`` marks one significantly worse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .harness import BenchConfig, BenchReference, CellKey, machine_line, read_cell, write_json_atomic
+
+__all__ = [
+    "Stat",
+    "ModelSummary",
+    "DatasetSummary",
+    "load_records",
+    "result_rows",
+    "summarize",
+    "seesaw_matrix",
+    "markdown_dataset",
+    "markdown_report",
+    "write_report",
+    "write_benchmarks_md",
+    "throughput_markdown",
+    "SIG_LEVEL",
+]
+
+SIG_LEVEL = 0.05  #: significance level of the paired t-test marks
+BETTER, WORSE = "\\*", "†"  #: markdown marks (the star is escaped so it never starts emphasis)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_records(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every readable run record under ``<output_dir>/cells/``, sorted by file name."""
+    cells = Path(output_dir) / "cells"
+    out = []
+    for p in sorted(cells.glob("*.json")):
+        rec = read_cell(p)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def _eval(d: dict[str, Any]):
+    from ..metrics import EvalResult
+
+    return EvalResult.from_dict(d)
+
+
+def _cell_name(domain: str, task: str) -> str:
+    return f"{domain}/{task}"
+
+
+def _f(x: Any) -> float:
+    """float, with None -> NaN."""
+    return float("nan") if x is None else float(x)
+
+
+def result_rows(records: Iterable[dict[str, Any]], splits: Sequence[str] = ("test", "valid")) -> list[dict[str, Any]]:
+    """One row per (dataset, label, seed, split, domain, task): the long results table.
+
+    Columns: bench, dataset, label, model, regime, seed, split, domain, task, n, positives, auc,
+    gauc, gauc_coverage, logloss, oracle_auc, reason, plus the run's avg_auc, macro_task_auc,
+    avg_logloss, train_samples_per_sec, train_seconds and best_epoch.
+    """
+    rows = []
+    for rec in records:
+        for split in splits:
+            if split not in rec:
+                continue
+            ev = _eval(rec[split])
+            for c in ev.cells:
+                rows.append(
+                    {
+                        "bench": rec.get("bench"),
+                        "dataset": rec["dataset"],
+                        "label": rec["label"],
+                        "model": rec.get("model"),
+                        "regime": rec.get("regime"),
+                        "seed": int(rec["seed"]),
+                        "split": split,
+                        "domain": str(c.domain),
+                        "task": str(c.task),
+                        "n": int(c.n),
+                        "positives": int(c.positives),
+                        "auc": _f(c.auc),
+                        "gauc": _f(c.gauc),
+                        "gauc_coverage": _f(c.gauc_coverage),
+                        "logloss": _f(c.logloss),
+                        "oracle_auc": _f(c.oracle_auc),
+                        "reason": c.reason or "",
+                        "avg_auc": _f(ev.avg_auc),
+                        "macro_task_auc": _f(ev.macro_task_auc),
+                        "avg_logloss": _f(ev.avg_logloss),
+                        "train_samples_per_sec": _f(rec.get("samples_per_sec")),
+                        "train_seconds": _f(rec.get("train_seconds")),
+                        "best_epoch": int(rec.get("best_epoch", -1)),
+                    }
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation
+
+
+@dataclass
+class Stat:
+    """A metric over seeds: mean, std (as :func:`mdmt.metrics.mean_std`), number of finite values,
+    the paired t-test p-value against the baseline (None for the baseline itself or < 2 pairs)
+    and ``sign`` = +1 / −1 when significantly better / worse, else 0."""
+
+    mean: float
+    std: float
+    n: int
+    values: dict[int, float] = field(default_factory=dict)
+    p: float | None = None
+    sign: int = 0
+
+
+@dataclass
+class ModelSummary:
+    """One table row: a label's metrics aggregated over its seeds."""
+
+    label: str
+    model: str
+    regime: str
+    seeds: list[int]
+    cell_auc: dict[str, Stat]
+    cell_logloss: dict[str, Stat]
+    avg_auc: Stat
+    macro_task_auc: Stat
+    avg_logloss: Stat
+    relaimpr: float | None
+    samples_per_sec: float
+    train_seconds: float
+
+
+@dataclass
+class DatasetSummary:
+    """All rows of one data set's table."""
+
+    dataset: str
+    split: str
+    cells: list[str]
+    models: list[ModelSummary]
+    baseline: str
+    oracle: dict[str, float] = field(default_factory=dict)
+    oracle_avg: float | None = None
+
+    def model(self, label: str) -> ModelSummary:
+        for m in self.models:
+            if m.label == label:
+                return m
+        raise KeyError(label)
+
+
+def _stat(values: dict[int, float]) -> Stat:
+    from ..metrics import mean_std
+
+    finite = {s: v for s, v in values.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        return Stat(float("nan"), float("nan"), 0, dict(values))
+    mean, std = mean_std([finite[s] for s in sorted(finite)])
+    return Stat(float(mean), float(std), len(finite), dict(values))
+
+
+def _compare(stat: Stat, base: Stat, higher_is_better: bool = True) -> None:
+    """Fill ``stat.p`` and ``stat.sign`` from a paired t-test over the seeds both have."""
+    from ..metrics import paired_ttest
+
+    seeds = sorted(
+        s for s in stat.values
+        if s in base.values and math.isfinite(_f(stat.values[s])) and math.isfinite(_f(base.values[s]))
+    )
+    if len(seeds) < 2:
+        return
+    a = [stat.values[s] for s in seeds]
+    b = [base.values[s] for s in seeds]
+    p = float(paired_ttest(a, b))
+    stat.p = p if math.isfinite(p) else None
+    if stat.p is not None and stat.p < SIG_LEVEL:
+        diff = sum(x - y for x, y in zip(a, b))
+        better = diff > 0 if higher_is_better else diff < 0
+        stat.sign = 1 if better else -1
+
+
+def summarize(
+    records: Iterable[dict[str, Any]],
+    baseline: str,
+    split: str = "test",
+    label_order: Sequence[str] | None = None,
+) -> dict[str, DatasetSummary]:
+    """Aggregate run records into one :class:`DatasetSummary` per data set.
+
+    Args:
+        records: run records (see :func:`load_records`).
+        baseline: label the RelaImpr and the t-test compare against.
+        split: ``"test"`` (default) or ``"valid"``.
+        label_order: row order (default: order of first appearance).
+
+    Returns:
+        ``{dataset: DatasetSummary}`` in order of first appearance.
+    """
+    from ..metrics import relaimpr
+
+    by_ds: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for rec in records:
+        by_ds.setdefault(rec["dataset"], {}).setdefault(rec["label"], []).append(rec)
+    out: dict[str, DatasetSummary] = {}
+    for ds, by_label in by_ds.items():
+        labels = [x for x in (label_order or []) if x in by_label] + [x for x in by_label if x not in (label_order or [])]
+        cells: list[str] = []
+        oracle_vals: dict[str, list[float]] = {}
+        oracle_avg_vals: list[float] = []
+        models: list[ModelSummary] = []
+        for label in labels:
+            recs = sorted(by_label[label], key=lambda r: int(r["seed"]))
+            per_cell_auc: dict[str, dict[int, float]] = {}
+            per_cell_ll: dict[str, dict[int, float]] = {}
+            avg_auc, macro, avg_ll = {}, {}, {}
+            for rec in recs:
+                seed = int(rec["seed"])
+                ev = _eval(rec[split])
+                for c in ev.cells:
+                    name = _cell_name(c.domain, c.task)
+                    if name not in cells:
+                        cells.append(name)
+                    per_cell_auc.setdefault(name, {})[seed] = _f(c.auc)
+                    per_cell_ll.setdefault(name, {})[seed] = _f(c.logloss)
+                    if c.oracle_auc is not None and math.isfinite(_f(c.oracle_auc)):
+                        oracle_vals.setdefault(name, []).append(_f(c.oracle_auc))
+                avg_auc[seed] = _f(ev.avg_auc)
+                macro[seed] = _f(ev.macro_task_auc)
+                avg_ll[seed] = _f(ev.avg_logloss)
+                if ev.avg_oracle_auc is not None and math.isfinite(_f(ev.avg_oracle_auc)):
+                    oracle_avg_vals.append(_f(ev.avg_oracle_auc))
+            sps = [_f(r.get("samples_per_sec")) for r in recs]
+            secs = [_f(r.get("train_seconds")) for r in recs]
+            models.append(
+                ModelSummary(
+                    label=label,
+                    model=str(recs[0].get("model", "")),
+                    regime=str(recs[0].get("regime", "")),
+                    seeds=[int(r["seed"]) for r in recs],
+                    cell_auc={k: _stat(v) for k, v in per_cell_auc.items()},
+                    cell_logloss={k: _stat(v) for k, v in per_cell_ll.items()},
+                    avg_auc=_stat(avg_auc),
+                    macro_task_auc=_stat(macro),
+                    avg_logloss=_stat(avg_ll),
+                    relaimpr=None,
+                    samples_per_sec=_nanmean(sps),
+                    train_seconds=_nanmean(secs),
+                )
+            )
+        summary = DatasetSummary(
+            dataset=ds,
+            split=split,
+            cells=cells,
+            models=models,
+            baseline=baseline,
+            oracle={k: _nanmean(v) for k, v in oracle_vals.items()},
+            oracle_avg=_nanmean(oracle_avg_vals) if oracle_avg_vals else None,
+        )
+        if baseline in by_label:
+            base = summary.model(baseline)
+            for m in models:
+                if m.label == baseline:
+                    continue
+                for name, st in m.cell_auc.items():
+                    if name in base.cell_auc:
+                        _compare(st, base.cell_auc[name])
+                _compare(m.avg_auc, base.avg_auc)
+                _compare(m.macro_task_auc, base.macro_task_auc)
+                _compare(m.avg_logloss, base.avg_logloss, higher_is_better=False)
+                if math.isfinite(m.avg_auc.mean) and math.isfinite(base.avg_auc.mean) and base.avg_auc.mean != 0.5:
+                    m.relaimpr = float(relaimpr(m.avg_auc.mean, base.avg_auc.mean))
+        out[ds] = summary
+    return out
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def seesaw_matrix(
+    summary: DatasetSummary, reference: str, metric: str = "relative"
+) -> tuple[list[str], list[str], list[list[float]]]:
+    """Per-cell AUC change of every model against ``reference`` (M3oE Figure 1).
+
+    ``metric="relative"``: (AUC_model / AUC_ref − 1) × 100 (percent);
+    ``metric="relaimpr"``: ((AUC_model − 0.5) / (AUC_ref − 0.5) − 1) × 100.
+    Values use the mean AUC over seeds. The reference row itself is left out.
+
+    Returns:
+        ``(row labels, cell names, matrix[rows][cells])``; NaN where a value is missing.
+    """
+    ref = summary.model(reference)
+    rows, mat = [], []
+    for m in summary.models:
+        if m.label == reference:
+            continue
+        vals = []
+        for name in summary.cells:
+            a = m.cell_auc.get(name)
+            b = ref.cell_auc.get(name)
+            if a is None or b is None or not (math.isfinite(a.mean) and math.isfinite(b.mean)):
+                vals.append(float("nan"))
+            elif metric == "relative":
+                vals.append((a.mean / b.mean - 1.0) * 100.0)
+            elif metric == "relaimpr":
+                vals.append(((a.mean - 0.5) / (b.mean - 0.5) - 1.0) * 100.0 if b.mean != 0.5 else float("nan"))
+            else:
+                raise ValueError(f"metric must be 'relative' or 'relaimpr', got {metric!r}")
+        rows.append(m.label)
+        mat.append(vals)
+    return rows, list(summary.cells), mat
+
+
+# --------------------------------------------------------------------------------------------
+# markdown
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{100.0 * x:.{digits}f}"
+
+
+def _mark(st: Stat) -> str:
+    return BETTER if st.sign > 0 else WORSE if st.sign < 0 else ""
+
+
+def _best(values: dict[str, float], higher: bool) -> set[str]:
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
+    if not finite:
+        return set()
+    best = max(finite.values()) if higher else min(finite.values())
+    return {k for k, v in finite.items() if round(100 * v, 2) == round(100 * best, 2)}
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt_rate(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x:,.0f}"
+
+
+def _fmt_secs(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x:.1f}"
+
+
+def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str | None = None) -> str:
+    """The papers' layout for one data set: per-cell AUC, Avg AUC, task-pooled AUC, RelaImpr,
+    per-cell LogLoss, Avg LogLoss, training throughput; then (optionally) the ± std table."""
+    seeds = sorted({x for m in s.models for x in m.seeds})
+    out = [f"### {s.dataset} ({s.split} split)", ""]
+    if data_desc:
+        out += [f"Data: {data_desc}.", ""]
+    out += [
+        f"Mean over seeds {', '.join(map(str, seeds))}. AUC and LogLoss in units of 10⁻² "
+        f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**. "
+        f"{BETTER} / {WORSE}: significantly better / worse than the baseline (two-sided paired t-test over "
+        f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column.",
+        "",
+    ]
+    auc_cols = [f"{c} AUC" for c in s.cells]
+    ll_cols = [f"{c} LogLoss" for c in s.cells]
+    header = ["Model", "Regime", *auc_cols, "Avg AUC ↑", "Task-pooled AUC ↑", "RelaImpr", *ll_cols,
+              "Avg LogLoss ↓", "Train samples/s", "Train s"]
+    best_auc = {c: _best({m.label: m.cell_auc[c].mean for m in s.models if c in m.cell_auc}, True) for c in s.cells}
+    best_ll = {c: _best({m.label: m.cell_logloss[c].mean for m in s.models if c in m.cell_logloss}, False) for c in s.cells}
+    best_avg = _best({m.label: m.avg_auc.mean for m in s.models}, True)
+    best_macro = _best({m.label: m.macro_task_auc.mean for m in s.models}, True)
+    best_avg_ll = _best({m.label: m.avg_logloss.mean for m in s.models}, False)
+
+    def val(st: Stat | None, bold: bool, mark: bool = True) -> str:
+        if st is None:
+            return "—"
+        txt = _pct(st.mean)
+        if bold and txt != "—":
+            txt = f"**{txt}**"
+        return txt + (_mark(st) if mark else "")
+
+    rows = []
+    for m in s.models:
+        r = [m.label + (" (baseline)" if m.label == s.baseline else ""), m.regime]
+        r += [val(m.cell_auc.get(c), m.label in best_auc[c]) for c in s.cells]
+        r += [val(m.avg_auc, m.label in best_avg), val(m.macro_task_auc, m.label in best_macro)]
+        r += ["—" if m.relaimpr is None else f"{m.relaimpr:+.2f}%"]
+        r += [val(m.cell_logloss.get(c), m.label in best_ll[c], mark=False) for c in s.cells]
+        r += [val(m.avg_logloss, m.label in best_avg_ll), _fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
+        rows.append(r)
+    if s.oracle:
+        r = ["*Oracle (true probabilities)*", "—"]
+        r += [_pct(s.oracle.get(c)) for c in s.cells]
+        r += [_pct(s.oracle_avg if s.oracle_avg is not None else _nanmean(s.oracle.values())), "—", "—"]
+        r += ["—"] * len(s.cells) + ["—", "—", "—"]
+        rows.append(r)
+    out.append(_table(header, rows))
+    if s.oracle:
+        out += ["", "The oracle row scores each row with the generator's true probability: the ceiling no model can beat."]
+    if with_std:
+        out += ["", f"Standard deviation over seeds (units of 10⁻²; p-value of the paired t-test vs {s.baseline} in brackets):", ""]
+        header2 = ["Model", *auc_cols, "Avg AUC", "Avg LogLoss"]
+        rows2 = []
+        for m in s.models:
+            def sd(st: Stat | None) -> str:
+                if st is None or not math.isfinite(st.mean):
+                    return "—"
+                txt = f"{100 * st.mean:.2f} ± {100 * st.std:.2f}" if math.isfinite(st.std) else f"{100 * st.mean:.2f}"
+                return txt + (f" (p={st.p:.3f})" if st.p is not None else "")
+
+            rows2.append([m.label, *[sd(m.cell_auc.get(c)) for c in s.cells], sd(m.avg_auc), sd(m.avg_logloss)])
+        out.append(_table(header2, rows2))
+    return "\n".join(out)
+
+
+def _reference_markdown(ref: BenchReference) -> str:
+    header = ["Source", "Avg AUC", "Task-pooled AUC", "Avg LogLoss", "Train samples/s", "Note"]
+    row = [
+        ref.label,
+        _pct(ref.avg_auc),
+        _pct(ref.macro_task_auc),
+        _pct(ref.avg_logloss),
+        "—" if ref.train_samples_per_sec is None else f"{ref.train_samples_per_sec:,.0f}",
+        ref.note.replace("\n", " ").replace("|", "\\|") or "—",
+    ]
+    out = [
+        "#### Reference figures (not measured by this harness)",
+        "",
+        "Shown for orientation only: obtained outside this bench, with other code, settings or seeds; "
+        "they are not part of the t-test or RelaImpr. Same units (10⁻²).",
+        "",
+        _table(header, [row], ["l", "r", "r", "r", "r", "l"]),
+    ]
+    if ref.cells:
+        out += ["", _table(["Cell", "AUC"], [[k, _pct(v)] for k, v in ref.cells.items()])]
+    return "\n".join(out)
+
+
+def _data_desc(cfg: BenchConfig, ds: str) -> str:
+    d = cfg.datasets[ds]
+    params = ", ".join(f"{k}={v}" for k, v in d.params.items())
+    return f"source `{d.source}`" + (f" ({params})" if params else "")
+
+
+def markdown_report(
+    cfg: BenchConfig,
+    summaries: dict[str, DatasetSummary],
+    *,
+    images: dict[str, str] | None = None,
+    command: str | None = None,
+    machine: dict[str, Any] | None = None,
+    heading_level: int = 2,
+) -> str:
+    """Markdown for a whole bench: settings, command, machine, one table per data set, images."""
+    h = "#" * heading_level
+    entries = ", ".join(f"{e.label} (`{e.model}`, {e.regime})" for e in cfg.entries)
+    t = cfg.train
+    out = [f"{h} Bench `{cfg.name}`", ""]
+    if command:
+        out += [f"Regenerate: `{command}`", ""]
+    if machine:
+        out += [f"Machine: {machine_line(machine)}.", ""]
+    out += [
+        f"Entries: {entries}. Seeds: {', '.join(map(str, cfg.seeds))}.",
+        f"Training: epochs ≤ {t.epochs}, batch {t.batch_size}, lr {t.lr:g}, {t.optimizer}, weight decay {t.weight_decay:g}, "
+        f"early stopping on validation {t.monitor} (patience {t.patience}), best epoch restored; per-entry overrides: "
+        + (", ".join(f"{e.label}: {e.train}" for e in cfg.entries if e.train) or "none")
+        + ".",
+        "",
+    ]
+    for ds, s in summaries.items():
+        out += [markdown_dataset(s, data_desc=_data_desc(cfg, ds) if ds in cfg.datasets else None), ""]
+        if images and ds in images:
+            ref = cfg.seesaw_reference
+            out += [
+                f"Seesaw: relative AUC change per cell, (AUC / AUC_{{{ref}}} − 1) × 100 %, mean over seeds "
+                f"(as in M3oE Figure 1; red = worse than the per-cell reference, blue = better).",
+                "",
+                f"![seesaw {ds}]({images[ds]})",
+                "",
+            ]
+        ref = cfg.reference
+        if ref is not None and (ref.dataset or next(iter(cfg.datasets))) == ds:
+            out += [_reference_markdown(ref), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(
+    cfg: BenchConfig,
+    records: dict[CellKey, dict[str, Any]] | list[dict[str, Any]] | None = None,
+    *,
+    command: str | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.parquet``, ``results.md`` and ``seesaw_<dataset>.png``.
+
+    Args:
+        cfg: the bench config (its ``output_dir`` holds ``cells/``).
+        records: run records (default: read from ``cells/``). Only records of the current grid's
+            labels and data sets are reported.
+
+    Returns:
+        ``{artifact name: path}``.
+    """
+    import polars as pl
+
+    from .plots import plot_seesaw
+
+    out = Path(cfg.output_dir)
+    if records is None:
+        recs = load_records(out)
+    elif isinstance(records, dict):
+        recs = list(records.values())
+    else:
+        recs = list(records)
+    labels = [e.label for e in cfg.entries]
+    recs = [r for r in recs if r["label"] in labels and r["dataset"] in cfg.datasets and int(r["seed"]) in cfg.seeds]
+    recs.sort(key=lambda r: (list(cfg.datasets).index(r["dataset"]), labels.index(r["label"]), int(r["seed"])))
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if command is None:
+        cp = meta.get("config_path")
+        command = f"mdmt bench {cp}" if cp else None
+
+    paths: dict[str, Path] = {}
+    rows = result_rows(recs)
+    summaries = summarize(recs, cfg.baseline, "test", labels)
+    summary_json = {
+        ds: {
+            "cells": s.cells,
+            "baseline": s.baseline,
+            "oracle": s.oracle,
+            "oracle_avg": s.oracle_avg,
+            "models": [
+                {
+                    "label": m.label,
+                    "model": m.model,
+                    "regime": m.regime,
+                    "seeds": m.seeds,
+                    "avg_auc": _stat_json(m.avg_auc),
+                    "macro_task_auc": _stat_json(m.macro_task_auc),
+                    "avg_logloss": _stat_json(m.avg_logloss),
+                    "relaimpr": m.relaimpr,
+                    "cell_auc": {k: _stat_json(v) for k, v in m.cell_auc.items()},
+                    "cell_logloss": {k: _stat_json(v) for k, v in m.cell_logloss.items()},
+                    "train_samples_per_sec": m.samples_per_sec,
+                    "train_seconds": m.train_seconds,
+                }
+                for m in s.models
+            ],
+        }
+        for ds, s in summaries.items()
+    }
+    paths["results.json"] = out / "results.json"
+    write_json_atomic(
+        paths["results.json"],
+        {
+            "bench": cfg.name,
+            "units": "fractions (AUC 0.75 = 75.00 in the markdown tables)",
+            "command": command,
+            "machine": meta.get("machine"),
+            "reference": cfg.reference.model_dump() if cfg.reference else None,
+            "summary": summary_json,
+            "rows": rows,
+        },
+    )
+    if rows:
+        paths["results.parquet"] = out / "results.parquet"
+        pl.DataFrame(rows, infer_schema_length=None).write_parquet(paths["results.parquet"])
+
+    images: dict[str, str] = {}
+    if cfg.seesaw_reference is not None:
+        for ds, s in summaries.items():
+            if cfg.seesaw_reference not in [m.label for m in s.models] or len(s.models) < 2:
+                continue
+            rl, cols, mat = seesaw_matrix(s, cfg.seesaw_reference)
+            p = out / f"seesaw_{ds}.png"
+            plot_seesaw(mat, rl, cols, p, title=f"{cfg.name} · {ds}: AUC change vs {cfg.seesaw_reference} (%)")
+            paths[f"seesaw_{ds}.png"] = p
+            images[ds] = p.name
+    md = markdown_report(cfg, summaries, images=images, command=command, machine=meta.get("machine"), heading_level=1)
+    paths["results.md"] = out / "results.md"
+    _write_text_atomic(paths["results.md"], md)
+    return paths
+
+
+def _stat_json(st: Stat) -> dict[str, Any]:
+    return {"mean": st.mean, "std": st.std, "n": st.n, "p_vs_baseline": st.p, "sign": st.sign,
+            "per_seed": {str(k): v for k, v in st.values.items()}}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# throughput + BENCHMARKS.md
+
+
+def throughput_markdown(data: dict[str, Any]) -> str:
+    """Table of ``benchmarks/results/train_throughput.json`` (see ``benchmarks/train_throughput.py``)."""
+    peak = data.get("peak_flops")
+    s = data.get("settings", {})
+    out = [
+        f"Peak: `torch.mm` on 2048×2048 float32, best of {s.get('mm_repeats', '?')}: "
+        f"**{(peak or 0) / 1e9:,.1f} GFLOP/s**. Rows: {s.get('rows', '?'):,} synthetic `{s.get('preset', 'douyin')}` rows; "
+        f"batch {s.get('batch_size', '?')}; {s.get('steps', '?')} timed steps per measurement "
+        f"(after {s.get('warmup', '?')} warm-up steps), best of {s.get('repeats', '?')}; device {s.get('device', 'cpu')}.",
+        "",
+        "End to end = BatchIterator over the prepared train split → model → masked BCE → backward → "
+        "optimizer step. Model only = the same step on one batch already in memory. FLOPs per step = "
+        "forward + backward, counted with `torch.utils.flop_counter.FlopCounterMode`. Utilisation = "
+        "FLOPs per step × steps per second / peak.",
+        "",
+    ]
+    header = ["Model", "Samples/s (end to end)", "Samples/s (model only)", "E2E / model step time",
+              "MFLOP/sample", "GFLOP/s (e2e)", "Util. e2e", "Util. model only"]
+    rows = []
+    for r in data.get("models", []):
+        if r.get("error"):
+            rows.append([r["model"], "error: " + str(r["error"]).replace("|", "/")[:80]] + ["—"] * 6)
+            continue
+        ratio = r["ratio"]
+        flag = "" if ratio <= data.get("target_ratio", 1.15) else " ⚠"
+        rows.append([
+            r["model"],
+            f"{r['e2e_samples_per_sec']:,.0f}",
+            f"{r['model_samples_per_sec']:,.0f}",
+            f"{ratio:.3f}{flag}",
+            f"{r['flops_per_step'] / r['batch_size'] / 1e6:.2f}",
+            f"{r['e2e_flops_per_sec'] / 1e9:.2f}",
+            f"{100 * r['e2e_utilisation']:.1f}%",
+            f"{100 * r['model_utilisation']:.1f}%",
+        ])
+    out.append(_table(header, rows))
+    target = data.get("target_ratio", 1.15)
+    out += ["", f"Target: end-to-end step time at most {target:.2f} × the model-only step time (⚠ marks a miss)."]
+    return "\n".join(out)
+
+
+def write_benchmarks_md(
+    bench_dirs: Sequence[str | Path],
+    throughput_json: str | Path | None = None,
+    out: str | Path = "BENCHMARKS.md",
+    *,
+    regenerate_command: str = "python benchmarks/make_benchmarks_md.py",
+) -> Path:
+    """Generate ``BENCHMARKS.md`` from finished bench output directories and the throughput JSON.
+
+    Every bench directory must hold ``meta.json`` (written by :func:`run_bench`) and ``cells/``;
+    its tables are rebuilt from the run records, and its seesaw image is linked relative to
+    ``out``. Sections: how to regenerate (exact commands), the machine, each bench's tables,
+    the training-throughput table.
+    """
+    from .harness import BenchConfig as _BC
+    from ..schema import parse_config
+
+    out = Path(out)
+    base = out.parent.resolve()
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{regenerate_command}` from the result files below; do not edit by hand. "
+        "Every figure on this page comes from one of these commands, run from the repository root:",
+        "",
+    ]
+    cmds, sections, machines = [], [], []
+    for d in bench_dirs:
+        d = Path(d)
+        meta = json.loads((d / "meta.json").read_text())
+        cfg = parse_config(meta["config"], _BC, str(d / "meta.json"))
+        cmd = f"mdmt bench {meta['config_path']}" if meta.get("config_path") else "mdmt bench <config>"
+        cmds.append(cmd)
+        if meta.get("machine"):
+            machines.append(machine_line(meta["machine"]))
+        recs = load_records(d)
+        labels = [e.label for e in cfg.entries]
+        recs = [r for r in recs if r["label"] in labels and r["dataset"] in cfg.datasets and int(r["seed"]) in cfg.seeds]
+        summaries = summarize(recs, cfg.baseline, "test", labels)
+        images = {}
+        for ds in summaries:
+            p = d / f"seesaw_{ds}.png"
+            if p.exists():
+                images[ds] = _relpath(p.resolve(), base)
+        n_expected = len(cfg.datasets) * len(cfg.entries) * len(cfg.seeds)
+        body = markdown_report(cfg, summaries, images=images, command=cmd, machine=meta.get("machine"), heading_level=2)
+        if len(recs) < n_expected:
+            body += f"\n**Incomplete grid: {len(recs)} of {n_expected} runs finished.**\n"
+        sections.append(body)
+    tp = None
+    if throughput_json is not None and Path(throughput_json).exists():
+        tp = json.loads(Path(throughput_json).read_text())
+        cmds.append(tp.get("command") or "python benchmarks/train_throughput.py")
+        if tp.get("machine"):
+            machines.append(machine_line(tp["machine"]))
+    parts += ["```", *cmds, regenerate_command, "```", ""]
+    parts += ["## Machine", ""]
+    for m in dict.fromkeys(machines):
+        parts.append(f"- {m}")
+    parts += ["", "How to read the tables: see `docs/benchmarks.md`.", ""]
+    parts += sections
+    if tp is not None:
+        parts += ["## Training throughput", "", f"Regenerate: `{tp.get('command') or 'python benchmarks/train_throughput.py'}`", "",
+                  throughput_markdown(tp), ""]
+    _write_text_atomic(out, "\n".join(parts).rstrip() + "\n")
+    return out
+
+
+def _relpath(p: Path, base: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(p, base)).as_posix()

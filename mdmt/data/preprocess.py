@@ -1,0 +1,876 @@
+"""Preprocessing: validate, split, fit the feature map on train only, encode, cache (DESIGN §1, §6, §7).
+
+The flow of :func:`prepare`::
+
+    RawData --validate--> split_frame --> {"train", "valid", "test"} Polars frames
+            --fit_feature_map(train only)--> FeatureMap
+            --encode(each split)--> Batch tensors (whole split in memory)
+            --> <cache_dir>/<dataset>-<hash>/{feature_map.json, meta.json, train/part-00000.parquet, ...}
+
+Index conventions (see :mod:`mdmt.featuremap`): 0 = padding, 1 = out-of-vocabulary (ids unseen in
+train, below ``min_count``, or null), known ids from 2 in order of decreasing train frequency.
+
+Everything is vectorised with Polars / NumPy: vocabulary lookups are hash replacements over whole
+columns, sequences are flattened once and scattered into a padded ``[N, max_len]`` array.
+
+Example::
+
+    >>> from mdmt.data.synthetic import SyntheticConfig, generate   # doctest: +SKIP
+    >>> data = prepare(generate(SyntheticConfig()), cache_dir=None)  # doctest: +SKIP
+    >>> data.splits["train"].sparse.shape                             # doctest: +SKIP
+    torch.Size([N, F])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from ..batch import Batch
+from ..featuremap import FIRST_ID, OOV, DenseStats, FeatureMap
+from ..schema import DatasetSpec, FeatureSpec
+from .base import DataError, RawData
+
+__all__ = [
+    "PreparedData",
+    "SPLITS",
+    "validate",
+    "split_frame",
+    "fit_feature_map",
+    "encode",
+    "encode_for_scoring",
+    "prepare",
+    "batch_to_arrow",
+    "batch_from_arrow",
+    "oracle_from_arrow",
+    "shard_paths",
+]
+
+SPLITS = ("train", "valid", "test")
+#: bump when the layout of the cache changes, so old caches are not reused
+CACHE_FORMAT = 1
+#: rows per Parquet shard and per row group inside a shard
+SHARD_ROWS = 1_000_000
+ROW_GROUP_ROWS = 131_072
+
+DOMAIN_COL = "__domain"
+GROUP_COL = "__group"
+LABEL_PREFIX = "__label_"
+ORACLE_PREFIX = "__oracle_"
+LEN_PREFIX = "__len_"
+
+
+# ---------------------------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    """An encoded data set, ready for training.
+
+    Attributes:
+        feature_map: fitted on the train split only.
+        splits: ``{"train" | "valid" | "test": Batch}``, the whole split as tensors in memory.
+        oracle: ``{split: [N, T] float64}`` true probabilities (NaN for tasks without one);
+            ``{}`` when the source has no oracle (real data).
+        cache_path: the cache directory (``feature_map.json``, ``meta.json``, ``<split>/part-*.parquet``),
+            or None when preparing in memory only.
+        source: where the raw rows came from.
+    """
+
+    feature_map: FeatureMap
+    splits: dict[str, Batch]
+    oracle: dict[str, np.ndarray]
+    cache_path: Path | None
+    source: str
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.feature_map.spec
+
+    def shard_paths(self, split: str) -> list[Path]:
+        """The Parquet shards of ``split`` in order (for :class:`mdmt.data.loader.ParquetStream`)."""
+        if self.cache_path is None:
+            raise DataError("this PreparedData was built without a cache_dir, so it has no Parquet shards")
+        return shard_paths(self.cache_path, split)
+
+
+def shard_paths(cache_path: str | Path, split: str) -> list[Path]:
+    """``<cache_path>/<split>/part-*.parquet`` in order."""
+    return sorted((Path(cache_path) / split).glob("part-*.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+def _required_columns(
+    spec: DatasetSpec, *, labels: bool = True, split: bool = True, oracle: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``[(column, role)]`` the frame must hold."""
+    req: list[tuple[str, str]] = []
+    for f in spec.features:
+        req.append((f.raw_column, f"{f.kind} feature {f.name!r}"))
+    req.append((spec.domain.column, "domain column"))
+    if labels:
+        for t in spec.tasks:
+            req.append((t.label, f"label of task {t.name!r}"))
+    if split:
+        sp = spec.split
+        if spec.timestamp is not None:
+            req.append((spec.timestamp, "timestamp"))
+        if sp.method == "sequential":
+            for c in sp.order_by:
+                req.append((c, "split.order_by column"))
+        if sp.method == "column" and sp.column:
+            req.append((sp.column, "split column"))
+    for task, col in (oracle or {}).items():
+        req.append((col, f"oracle of task {task!r}"))
+    return req
+
+
+def _check_columns(frame: pl.DataFrame, required: list[tuple[str, str]], source: str) -> None:
+    have = frame.columns
+    lines = []
+    seen: set[str] = set()
+    for col, role in required:
+        if col in have or col in seen:
+            continue
+        seen.add(col)
+        msg = f"{source}: missing column {col!r} ({role})"
+        close = difflib.get_close_matches(col, have, n=1, cutoff=0.6)
+        if close:
+            msg += f"; did you mean {close[0]!r}?"
+        lines.append(msg)
+    if lines:
+        lines.append(f"{source}: available columns: {have}")
+        raise DataError("\n".join(lines))
+
+
+def _first_bad(frame: pl.DataFrame, col: str, bad: pl.Series) -> tuple[int, object]:
+    idx = int(bad.arg_true()[0])
+    return idx, frame[col][idx]
+
+
+def _check_labels(frame: pl.DataFrame, spec: DatasetSpec, source: str, required: bool = True) -> None:
+    """Labels are 0/1 or null (unobserved). Names file, column, first bad row and value."""
+    for t in spec.tasks:
+        if t.label not in frame.columns:
+            if required:
+                _check_columns(frame, [(t.label, f"label of task {t.name!r}")], source)
+            continue
+        s = frame[t.label]
+        if s.dtype == pl.Boolean or s.dtype == pl.Null:
+            continue
+        if not s.dtype.is_numeric():
+            raise DataError(
+                f"{source}: column {t.label!r} (label of task {t.name!r}) holds {s.dtype}; expected numbers 0/1 "
+                f"(null = unobserved)"
+            )
+        f = s.cast(pl.Float64)
+        bad = (f.is_nan() | ~f.is_in([0.0, 1.0])).fill_null(False)
+        if bad.any():
+            idx, val = _first_bad(frame, t.label, bad)
+            n = int(bad.sum())
+            raise DataError(
+                f"{source}: column {t.label!r} (label of task {t.name!r}) must hold 0/1 or null, "
+                f"row {idx} (0-based) holds {val!r} ({n} bad rows in all)"
+            )
+
+
+def _domain_lookup(spec: DatasetSpec) -> dict[str, int]:
+    """Raw value (as a string) -> domain index, after ``DomainSpec.mapping``."""
+    names = spec.domain.names
+    mapping = spec.domain.mapping or {}
+    out: dict[str, int] = {n: i for i, n in enumerate(names) if n not in mapping}
+    for name, values in mapping.items():
+        for v in values:
+            out[str(pl.Series([v]).cast(pl.String)[0])] = names.index(name)
+    return out
+
+
+def _as_key_strings(s: pl.Series) -> pl.Series:
+    """A column as strings, floats holding whole numbers written as integers (1.0 -> "1")."""
+    if s.dtype.is_float():
+        nonnull = s.drop_nulls()
+        if len(nonnull) == 0 or bool(((nonnull == nonnull.round(0)) & nonnull.is_finite()).all()):
+            s = s.cast(pl.Int64, strict=False)
+    return s.cast(pl.String)
+
+
+def _encode_domain(frame: pl.DataFrame, spec: DatasetSpec, source: str) -> np.ndarray:
+    """``[N]`` int64 domain indices; unknown or null values raise a DataError naming the row."""
+    col = spec.domain.column
+    lookup = _domain_lookup(spec)
+    keys = _as_key_strings(frame[col])
+    codes = keys.replace_strict(
+        pl.Series(list(lookup.keys()), dtype=pl.String),
+        pl.Series(list(lookup.values()), dtype=pl.Int64),
+        default=None,
+        return_dtype=pl.Int64,
+    )
+    bad = codes.is_null()
+    if bad.any():
+        idx, val = _first_bad(frame, col, bad)
+        uniq = keys.filter(bad).unique().sort().head(10).to_list()
+        how = "mapped values" if spec.domain.mapping else "names"
+        hint = ""
+        if any(isinstance(v, bool) for vs in (spec.domain.mapping or {}).values() for v in vs):
+            hint = " (YAML reads unquoted NO/YES/ON/OFF as booleans: quote such values in the mapping)"
+        raise DataError(
+            f"{source}: domain column {col!r} row {idx} (0-based) holds {val!r}, which is not a domain of the "
+            f"schema (domains {spec.domain.names}; accepted raw {how}: {sorted(lookup)}); "
+            f"unknown values: {uniq}{hint}"
+        )
+    return np.array(codes.to_numpy(), dtype=np.int64)
+
+
+def _check_kinds(frame: pl.DataFrame, spec: DatasetSpec, source: str) -> None:
+    for f in spec.features:
+        s = frame[f.raw_column]
+        if f.kind == "dense":
+            if not (s.dtype.is_numeric() or s.dtype in (pl.Boolean, pl.Null)):
+                raise DataError(
+                    f"{source}: column {f.raw_column!r} (dense feature {f.name!r}) holds {s.dtype}; expected numbers"
+                )
+        elif f.kind == "sequence":
+            if not isinstance(s.dtype, pl.List):
+                raise DataError(
+                    f"{source}: column {f.raw_column!r} (sequence feature {f.name!r}) holds {s.dtype}; "
+                    f"expected a list column of ids (most recent first)"
+                )
+        else:
+            if s.dtype.is_nested():
+                raise DataError(
+                    f"{source}: column {f.raw_column!r} (sparse feature {f.name!r}) holds {s.dtype}; "
+                    f"expected one id per row"
+                )
+
+
+def validate(raw: RawData) -> None:
+    """Check a :class:`RawData` before preprocessing; raise a clear :class:`DataError` otherwise.
+
+    Checks: the frame is not empty; every column the schema names exists (suggesting the closest
+    existing name); feature columns have the right kind; labels are 0/1 or null (naming the column,
+    the first bad row and its value); every domain value (after ``DomainSpec.mapping``) is a domain
+    of the schema; timestamps and split columns are complete.
+    """
+    spec, frame, source = raw.spec, raw.frame, raw.source
+    if frame.width == 0 or frame.height == 0:
+        raise DataError(f"{source}: no rows (the data set is empty)")
+    unknown_tasks = set(raw.oracle) - set(spec.task_names)
+    if unknown_tasks:
+        raise DataError(f"{source}: oracle names unknown tasks {sorted(unknown_tasks)}; tasks are {spec.task_names}")
+    _check_columns(frame, _required_columns(spec, oracle=raw.oracle), source)
+    _check_kinds(frame, spec, source)
+    _check_labels(frame, spec, source)
+    _encode_domain(frame, spec, source)
+    if spec.timestamp is not None:
+        nulls = frame[spec.timestamp].is_null()
+        if nulls.any():
+            raise DataError(
+                f"{source}: timestamp column {spec.timestamp!r} is null at row {int(nulls.arg_true()[0])} (0-based)"
+            )
+    if spec.split.method == "column":
+        col = spec.split.column
+        assert col is not None
+        vals = frame[col].cast(pl.String)
+        bad = (~vals.is_in(list(SPLITS))).fill_null(True)
+        if bad.any():
+            idx, val = _first_bad(frame, col, bad)
+            raise DataError(
+                f"{source}: split column {col!r} row {idx} (0-based) holds {val!r}; expected one of {list(SPLITS)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# splitting
+# ---------------------------------------------------------------------------------------------
+def _cuts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
+    c1 = int(n * ratios[0] + 0.5)
+    c2 = max(int(n * (ratios[0] + ratios[1]) + 0.5), c1)
+    return min(c1, n), min(c2, n)
+
+
+def split_frame(raw: RawData) -> dict[str, pl.DataFrame]:
+    """Split the raw frame into ``{"train", "valid", "test"}`` following ``spec.split``.
+
+    * ``sequential``: stable sort by ``order_by`` (raw order if empty), cut by position.
+    * ``temporal``: stable sort by ``spec.timestamp``, cut by position; a cut never falls inside a
+      run of equal timestamps: ties go to the earlier split.
+    * ``random``: a permutation seeded by ``split.seed``, cut by position.
+    * ``column``: the split column holds ``train`` / ``valid`` / ``test``.
+
+    Raises:
+        DataError: a split would be empty (naming the split and the source).
+    """
+    spec, frame, source = raw.spec, raw.frame, raw.source
+    sp = spec.split
+    n = frame.height
+    if sp.method == "column":
+        assert sp.column is not None
+        vals = frame[sp.column].cast(pl.String)
+        out = {s: frame.filter(vals == s) for s in SPLITS}
+    else:
+        if sp.method == "sequential":
+            ordered = frame.sort(sp.order_by, maintain_order=True) if sp.order_by else frame
+            c1, c2 = _cuts(n, sp.ratios)
+        elif sp.method == "temporal":
+            if spec.timestamp is None:
+                raise DataError(f"{source}: split method 'temporal' needs the schema's 'timestamp' column")
+            ordered = frame.sort(spec.timestamp, maintain_order=True)
+            ts = ordered[spec.timestamp].to_physical().to_numpy()
+            c1, c2 = _cuts(n, sp.ratios)
+            # ties go to the earlier split: move each cut past the run of its last timestamp
+            if 0 < c1 < n:
+                c1 = int(np.searchsorted(ts, ts[c1 - 1], side="right"))
+            c2 = max(c2, c1)
+            if 0 < c2 < n:
+                c2 = int(np.searchsorted(ts, ts[c2 - 1], side="right"))
+        elif sp.method == "random":
+            perm = np.random.default_rng(sp.seed).permutation(n)
+            ordered = frame[perm]
+            c1, c2 = _cuts(n, sp.ratios)
+        else:  # pragma: no cover - the schema forbids other values
+            raise DataError(f"{source}: unknown split method {sp.method!r}")
+        out = {"train": ordered[:c1], "valid": ordered[c1:c2], "test": ordered[c2:]}
+    for name in SPLITS:
+        if out[name].height == 0:
+            sizes = {k: v.height for k, v in out.items()}
+            raise DataError(
+                f"{source}: the {name!r} split is empty (split method {sp.method!r}, ratios {list(sp.ratios)}, "
+                f"{n} rows -> {sizes}); use more rows or other ratios"
+                + ("; many equal timestamps at a cut push its rows into the earlier split" if sp.method == "temporal" else "")
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting (train only)
+# ---------------------------------------------------------------------------------------------
+def _vocab_groups(spec: DatasetSpec) -> dict[str, list[FeatureSpec]]:
+    """``{vocab name: [features]}`` of the id features (sparse + sequence, not bucketised dense)."""
+    groups: dict[str, list[FeatureSpec]] = {}
+    for f in spec.features:
+        if f.kind in ("sparse", "sequence"):
+            groups.setdefault(f.vocab_name, []).append(f)
+    return groups
+
+
+def _id_strings(frame: pl.DataFrame, f: FeatureSpec) -> pl.Series:
+    s = frame[f.raw_column]
+    if f.kind == "sequence":
+        s = s.explode(empty_as_null=False, keep_nulls=False)
+    return s.cast(pl.String).drop_nulls().rename("value")
+
+
+def _finite(s: pl.Series) -> np.ndarray:
+    x = s.cast(pl.Float64).to_numpy()
+    return x[np.isfinite(x)]
+
+
+def fit_feature_map(train: pl.DataFrame, spec: DatasetSpec) -> FeatureMap:
+    """Fit vocabularies and dense statistics on the TRAIN split only.
+
+    * Vocabularies: one per vocab group (features sharing ``FeatureSpec.vocab``, sequences
+      included). Ids (as strings) with a train count ``>= min_count`` (the largest ``min_count``
+      declared in the group) are kept, sorted by count descending then by value; id ``vocab[i]``
+      encodes to ``i + FIRST_ID``.
+    * Dense statistics over the finite train values (population std, ddof=0; a zero std becomes 1):
+      ``standard``: mean/std; ``log_standard``: mean/std of ``log1p(max(x, 0))``; ``minmax``:
+      min/max; ``bucketize``: ``buckets`` quantile cut points (deduplicated); min/max always.
+    """
+    fm_vocabs: dict[str, list[str]] = {}
+    for vocab, feats in _vocab_groups(spec).items():
+        min_count = max(f.min_count for f in feats)
+        ids = pl.concat([_id_strings(train, f) for f in feats])
+        if len(ids) == 0:
+            fm_vocabs[vocab] = []
+            continue
+        vc = ids.value_counts(name="count")
+        vc = vc.filter(pl.col("count") >= min_count).sort(["count", "value"], descending=[True, False])
+        fm_vocabs[vocab] = vc["value"].to_list()
+    stats: dict[str, DenseStats] = {}
+    for f in spec.features:
+        if f.kind != "dense":
+            continue
+        x = _finite(train[f.raw_column])
+        if len(x) == 0:
+            stats[f.name] = DenseStats()
+            continue
+        lo, hi = float(x.min()), float(x.max())
+        boundaries: list[float] = []
+        v = np.log1p(np.maximum(x, 0.0)) if f.transform == "log_standard" else x
+        mean, std = float(v.mean()), float(v.std())
+        if not np.isfinite(std) or std <= 0.0:
+            std = 1.0
+        if f.transform == "bucketize":
+            q = np.linspace(0.0, 1.0, f.buckets + 1)[1:-1]
+            boundaries = [float(b) for b in np.unique(np.quantile(x, q))]
+        stats[f.name] = DenseStats(mean=mean, std=std, min=lo, max=hi, boundaries=boundaries)
+    return FeatureMap.layout_of(spec, vocabs=fm_vocabs, dense_stats=stats, num_rows={"train": train.height})
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------------
+class _VocabIndex:
+    """Vectorised raw id -> index lookup for one vocabulary (built once, applied to many columns)."""
+
+    def __init__(self, vocab: list[str]) -> None:
+        self.keys = pl.Series("k", vocab, dtype=pl.String)
+        self.codes = pl.Series("c", np.arange(FIRST_ID, FIRST_ID + len(vocab), dtype=np.int64))
+        self._int: tuple[pl.Series, pl.Series] | None = None
+
+    def _int_keys(self) -> tuple[pl.Series, pl.Series]:
+        # integer columns are looked up on integers (no string cast of the big column); only the
+        # vocabulary entries whose integer form prints back identically are kept
+        if self._int is None:
+            as_int = self.keys.cast(pl.Int64, strict=False)
+            keep = (as_int.cast(pl.String) == self.keys).fill_null(False)
+            self._int = (as_int.filter(keep), self.codes.filter(keep))
+        return self._int
+
+    def __call__(self, s: pl.Series) -> pl.Series:
+        """Raw ids -> Int64 indices; unseen and null ids -> OOV."""
+        if s.dtype.is_integer() and s.dtype != pl.UInt64:
+            old, new = self._int_keys()
+            s = s.cast(pl.Int64)
+        else:
+            old, new = self.keys, self.codes
+            s = s.cast(pl.String)
+        if len(old) == 0:
+            return pl.Series(s.name, np.full(len(s), OOV, dtype=np.int64))
+        return s.replace_strict(old, new, default=OOV, return_dtype=pl.Int64).fill_null(OOV)
+
+
+def _dense_values(s: pl.Series, f: FeatureSpec, st: DenseStats) -> np.ndarray:
+    """``[N]`` float32 normalised values; missing / non-finite -> the train mean, transformed."""
+    x = s.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+    missing = ~np.isfinite(x)
+    if f.transform == "standard":
+        y, fill = (x - st.mean) / st.std, 0.0
+    elif f.transform == "log_standard":
+        with np.errstate(invalid="ignore"):
+            y = (np.log1p(np.maximum(x, 0.0)) - st.mean) / st.std
+        fill = 0.0
+    elif f.transform == "minmax":
+        rng = (st.max - st.min) or 1.0
+        y, fill = (x - st.min) / rng, (st.mean - st.min) / rng
+    else:  # none
+        y, fill = x, st.mean
+    y[missing] = fill
+    return y.astype(np.float32)
+
+
+def _bucket_ids(s: pl.Series, st: DenseStats) -> np.ndarray:
+    x = s.cast(pl.Float64).to_numpy()
+    ids = FIRST_ID + np.searchsorted(np.asarray(st.boundaries, dtype=np.float64), x, side="right")
+    ids[~np.isfinite(x)] = OOV
+    return ids.astype(np.int64)
+
+
+def _encode_sequence(s: pl.Series, max_len: int, index: _VocabIndex) -> tuple[np.ndarray, np.ndarray]:
+    """List column -> (``[N, max_len]`` int64 ids, first ``max_len`` entries, 0-padded; ``[N]`` lengths)."""
+    n = len(s)
+    head = s.list.head(max_len)
+    lengths = head.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = head.explode(empty_as_null=False, keep_nulls=False)
+    ids = index(flat).to_numpy().astype(np.int64, copy=False)
+    out = np.zeros((n, max_len), dtype=np.int64)
+    if len(ids):
+        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        starts = np.cumsum(lengths) - lengths
+        pos = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
+        out[rows, pos] = ids
+    return out, lengths
+
+
+def _encode_group(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """``[N]`` int64: dense rank of the raw group value in THIS frame (sorted values), null -> -1."""
+    n = frame.height
+    if spec.group is None:
+        return np.full(n, -1, dtype=np.int64)
+    col = spec.feature(spec.group).raw_column
+    if col not in frame.columns:
+        return np.full(n, -1, dtype=np.int64)
+    s = frame[col]
+    if not (s.dtype.is_numeric() or s.dtype == pl.String):
+        s = s.cast(pl.String)
+    r = s.rank("dense").cast(pl.Int64).clip(0, 0)
+    return np.array(r.fill_null(-1).to_numpy(), dtype=np.int64)
+
+
+def encode(frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require_labels: bool = True) -> Batch:
+    """Encode a raw frame with a fitted feature map into a :class:`Batch` (``N`` rows).
+
+    * sparse ids -> ``[N, F]`` int64: known ids 2.., unseen or null ids -> OOV (1);
+      bucketised dense -> ``2 + bucket`` (null -> OOV).
+    * dense -> ``[N, Dn]`` float32 normalised with the train statistics; null -> the train mean
+      (0 after standardisation).
+    * sequences -> ``{name: [N, max_len]}`` int64, the FIRST ``max_len`` entries (most recent
+      first), left-aligned, 0-padded, plus ``{name: [N]}`` lengths.
+    * domain -> ``[N]`` index of the domain name (after ``DomainSpec.mapping``).
+    * labels ``[N, T]`` float32 and label_mask ``[N, T]`` bool: False where the label is null or
+      the task is not observed in the row's domain (``TaskSpec.domains``); labels are 0 there.
+    * group ``[N]`` int64: the raw group column factorised over this frame (sorted values), or -1.
+
+    With ``require_labels=False`` missing label columns give all-masked tasks (scoring).
+    """
+    spec = fm.spec
+    _check_columns(frame, _required_columns(spec, labels=require_labels, split=False), source)
+    _check_kinds(frame, spec, source)
+    _check_labels(frame, spec, source, required=require_labels)
+    n = frame.height
+    indices = {v: _VocabIndex(fm.vocabs.get(v, [])) for v in _vocab_groups(spec)}
+
+    sparse = np.empty((n, len(fm.sparse)), dtype=np.int64)
+    for j, name in enumerate(fm.sparse):
+        f = spec.feature(name)
+        s = frame[f.raw_column]
+        if f.kind == "dense":  # bucketised
+            sparse[:, j] = _bucket_ids(s, fm.dense_stats[name])
+        else:
+            sparse[:, j] = indices[f.vocab_name](s).to_numpy()
+    dense = np.empty((n, len(fm.dense)), dtype=np.float32)
+    for j, name in enumerate(fm.dense):
+        f = spec.feature(name)
+        dense[:, j] = _dense_values(frame[f.raw_column], f, fm.dense_stats[name])
+    seqs: dict[str, torch.Tensor] = {}
+    lens: dict[str, torch.Tensor] = {}
+    for name in fm.sequences:
+        f = spec.feature(name)
+        ids, ln = _encode_sequence(frame[f.raw_column], f.max_len, indices[f.vocab_name])
+        seqs[name], lens[name] = torch.from_numpy(ids), torch.from_numpy(ln)
+
+    domain = _encode_domain(frame, spec, source)
+    labels = np.zeros((n, spec.num_tasks), dtype=np.float32)
+    mask = np.zeros((n, spec.num_tasks), dtype=bool)
+    for j, t in enumerate(spec.tasks):
+        if t.label not in frame.columns:
+            continue
+        y = frame[t.label].cast(pl.Float32).to_numpy()
+        m = ~np.isnan(y)
+        if t.domains is not None:
+            allowed = np.array([spec.domain.names.index(d) for d in t.domains], dtype=np.int64)
+            m &= np.isin(domain, allowed)
+        labels[:, j] = np.where(m, y, 0.0)
+        mask[:, j] = m
+    return Batch(
+        sparse=torch.from_numpy(sparse),
+        dense=torch.from_numpy(dense),
+        domain=torch.from_numpy(domain),
+        labels=torch.from_numpy(labels),
+        label_mask=torch.from_numpy(mask),
+        group=torch.from_numpy(_encode_group(frame, spec)),
+        sequences=seqs,
+        seq_lengths=lens,
+    )
+
+
+def encode_for_scoring(frame: pl.DataFrame, fm: FeatureMap, source: str) -> Batch:
+    """Encode rows to score (``mdmt predict``): labels are optional (all-masked when absent)."""
+    return encode(frame, fm, source=source, require_labels=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow codec of encoded batches (cache shards and the streaming path share it)
+# ---------------------------------------------------------------------------------------------
+def batch_to_arrow(batch: Batch, fm: FeatureMap, oracle: np.ndarray | None = None) -> pa.Table:
+    """Encoded rows as an Arrow table.
+
+    Columns: one Int64 per sparse feature (named by feature), one Float32 per dense feature, one
+    ``List(Int64)`` per sequence (its true entries) plus ``__len_<name>`` Int64, ``__domain``,
+    ``__label_<task>`` Float32 (null where masked), ``__group`` and, when given, ``__oracle_<task>``
+    Float64 (null where there is none).
+    """
+    spec = fm.spec
+    cols: dict[str, pa.Array] = {}
+    sparse = batch.sparse.numpy()
+    for j, name in enumerate(fm.sparse):
+        cols[name] = pa.array(np.ascontiguousarray(sparse[:, j]), type=pa.int64())
+    dense = batch.dense.numpy()
+    for j, name in enumerate(fm.dense):
+        cols[name] = pa.array(np.ascontiguousarray(dense[:, j]), type=pa.float32())
+    for name in fm.sequences:
+        ids = batch.sequences[name].numpy()
+        ln = batch.seq_lengths[name].numpy().astype(np.int64)
+        keep = np.arange(ids.shape[1])[None, :] < ln[:, None]
+        offsets = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
+        cols[name] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ids[keep], type=pa.int64()))
+        cols[LEN_PREFIX + name] = pa.array(ln, type=pa.int64())
+    cols[DOMAIN_COL] = pa.array(batch.domain.numpy(), type=pa.int64())
+    labels, mask = batch.labels.numpy(), batch.label_mask.numpy()
+    for j, t in enumerate(spec.tasks):
+        cols[LABEL_PREFIX + t.name] = pa.array(np.ascontiguousarray(labels[:, j]), type=pa.float32(), mask=~mask[:, j])
+    cols[GROUP_COL] = pa.array(batch.group.numpy(), type=pa.int64())
+    if oracle is not None:
+        for j, t in enumerate(spec.tasks):
+            col = np.ascontiguousarray(oracle[:, j])
+            cols[ORACLE_PREFIX + t.name] = pa.array(col, type=pa.float64(), mask=np.isnan(col))
+    return pa.table(cols)
+
+
+def arrow_columns(fm: FeatureMap) -> list[str]:
+    """The columns :func:`batch_from_arrow` reads."""
+    cols = list(fm.sparse) + list(fm.dense)
+    for name in fm.sequences:
+        cols += [name, LEN_PREFIX + name]
+    cols += [DOMAIN_COL, GROUP_COL] + [LABEL_PREFIX + t for t in fm.spec.task_names]
+    return cols
+
+
+def _np(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
+    """A null-free Arrow column as a NumPy array of ``dtype``."""
+    return np.asarray(col.to_numpy(), dtype=dtype)
+
+
+def batch_from_arrow(table: pa.Table, fm: FeatureMap) -> Batch:
+    """The inverse of :func:`batch_to_arrow`: an Arrow table of encoded rows -> :class:`Batch`."""
+    spec = fm.spec
+    n = table.num_rows
+    sparse = np.empty((n, len(fm.sparse)), dtype=np.int64)
+    for j, name in enumerate(fm.sparse):
+        sparse[:, j] = _np(table.column(name), np.int64)
+    dense = np.empty((n, len(fm.dense)), dtype=np.float32)
+    for j, name in enumerate(fm.dense):
+        dense[:, j] = _np(table.column(name), np.float32)
+    seqs: dict[str, torch.Tensor] = {}
+    lens: dict[str, torch.Tensor] = {}
+    for name in fm.sequences:
+        max_len = spec.feature(name).max_len
+        arr = table.column(name).combine_chunks() if n else pa.array([], type=pa.large_list(pa.int64()))
+        ln = np.array(arr.value_lengths().fill_null(0).to_numpy(), dtype=np.int64)
+        vals = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+        out = np.zeros((n, max_len), dtype=np.int64)
+        if len(vals):
+            rows = np.repeat(np.arange(n, dtype=np.int64), ln)
+            starts = np.cumsum(ln) - ln
+            pos = np.arange(len(vals), dtype=np.int64) - np.repeat(starts, ln)
+            out[rows, pos] = vals
+        seqs[name], lens[name] = torch.from_numpy(out), torch.from_numpy(ln)
+    labels = np.zeros((n, spec.num_tasks), dtype=np.float32)
+    mask = np.zeros((n, spec.num_tasks), dtype=bool)
+    for j, t in enumerate(spec.tasks):
+        col = table.column(LABEL_PREFIX + t.name)
+        if n:
+            mask[:, j] = np.asarray(pc.is_valid(col).to_numpy(), dtype=bool)
+            labels[:, j] = np.asarray(pc.fill_null(col, 0.0).to_numpy(), dtype=np.float32)
+    return Batch(
+        sparse=torch.from_numpy(sparse),
+        dense=torch.from_numpy(dense),
+        domain=torch.from_numpy(_np(table.column(DOMAIN_COL), np.int64).copy()),
+        labels=torch.from_numpy(labels),
+        label_mask=torch.from_numpy(mask),
+        group=torch.from_numpy(_np(table.column(GROUP_COL), np.int64).copy()),
+        sequences=seqs,
+        seq_lengths=lens,
+    )
+
+
+def oracle_from_arrow(table: pa.Table, spec: DatasetSpec) -> np.ndarray:
+    """``[N, T]`` float64 oracle probabilities from ``__oracle_<task>`` columns (NaN where none)."""
+    out = np.full((table.num_rows, spec.num_tasks), np.nan, dtype=np.float64)
+    for j, t in enumerate(spec.tasks):
+        name = ORACLE_PREFIX + t.name
+        if name in table.column_names and table.num_rows:
+            out[:, j] = np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare + cache
+# ---------------------------------------------------------------------------------------------
+def _oracle_array(frame: pl.DataFrame, spec: DatasetSpec, oracle: dict[str, str]) -> np.ndarray:
+    out = np.full((frame.height, spec.num_tasks), np.nan, dtype=np.float64)
+    for j, t in enumerate(spec.tasks):
+        if t.name in oracle:
+            out[:, j] = frame[oracle[t.name]].cast(pl.Float64).to_numpy()
+    return out
+
+
+def fingerprint(raw: RawData, shard_rows: int = SHARD_ROWS) -> str:
+    """Hex digest of everything the encoded cache depends on: the frame's content (row hashes, in
+    order), shape, column names and types, the schema JSON, the oracle columns and the format."""
+    h = hashlib.blake2b(digest_size=16)
+    frame = raw.frame
+    header = {
+        "format": CACHE_FORMAT,
+        "polars": pl.__version__,
+        "shape": list(frame.shape),
+        "columns": [[c, str(t)] for c, t in zip(frame.columns, frame.dtypes)],
+        "spec": raw.spec.model_dump(mode="json"),
+        "oracle": sorted(raw.oracle.items()),
+        "shard_rows": shard_rows,
+    }
+    h.update(json.dumps(header, sort_keys=True, default=str).encode())
+    if frame.height:
+        h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+class _Progress:
+    """One rich status line per stage (or silence)."""
+
+    def __init__(self, enabled: bool, name: str) -> None:
+        self.console = None
+        self.name = name
+        self.timings: dict[str, float] = {}
+        if enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, log_path=False)
+
+    @contextlib.contextmanager
+    def stage(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.console is None:
+            yield
+        else:
+            with self.console.status(f"[bold]{self.name}[/]: {label}..."):
+                yield
+        dt = time.perf_counter() - t0
+        self.timings[label] = round(dt, 4)
+        if self.console is not None:
+            self.console.log(f"{self.name}: {label} [dim]({dt:.2f}s)[/]")
+
+
+def _write_cache(
+    final: Path,
+    fm: FeatureMap,
+    splits: dict[str, Batch],
+    oracle: dict[str, np.ndarray],
+    meta: dict,
+    shard_rows: int,
+) -> None:
+    """Write the cache into a temporary directory, then rename it into place (atomic)."""
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shards: dict[str, list[str]] = {}
+    for split, batch in splits.items():
+        (tmp / split).mkdir()
+        shards[split] = []
+        n = len(batch)
+        for k, start in enumerate(range(0, max(n, 1), shard_rows)):
+            stop = min(start + shard_rows, n)
+            part = batch.slice(start, stop)
+            orc = oracle[split][start:stop] if split in oracle else None
+            rel = f"{split}/part-{k:05d}.parquet"
+            pq.write_table(batch_to_arrow(part, fm, orc), tmp / rel, row_group_size=ROW_GROUP_ROWS)
+            shards[split].append(rel)
+    fm.save(tmp / "feature_map.json")
+    meta = dict(meta, shards=shards, complete=True)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process won the race; its cache is equivalent
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(path: Path, has_oracle: bool) -> tuple[FeatureMap, dict[str, Batch], dict[str, np.ndarray]]:
+    fm = FeatureMap.load(path / "feature_map.json")
+    splits: dict[str, Batch] = {}
+    oracle: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        files = shard_paths(path, split)
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+        splits[split] = batch_from_arrow(table, fm)
+        if has_oracle:
+            oracle[split] = oracle_from_arrow(table, fm.spec)
+    return fm, splits, oracle
+
+
+def _cache_valid(path: Path, digest: str) -> bool:
+    meta_path = path / "meta.json"
+    if not meta_path.is_file() or not (path / "feature_map.json").is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not meta.get("complete") or meta.get("hash") != digest:
+        return False
+    return all((path / rel).is_file() for files in meta.get("shards", {}).values() for rel in files)
+
+
+def prepare(
+    raw: RawData,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    *,
+    shard_rows: int = SHARD_ROWS,
+) -> PreparedData:
+    """Validate, split, fit on train only, encode every split and (optionally) cache the result.
+
+    With ``cache_dir`` the encoded splits are written to ``<cache_dir>/<dataset>-<hash>/`` as
+    Parquet shards of ``shard_rows`` rows plus ``feature_map.json`` and ``meta.json``. The hash
+    covers the input frame (row hashes, shape, columns and types) and the schema, so an unchanged
+    input reuses the cache (tensors are read back from the shards, nothing is refitted) and a
+    changed input or schema writes a new one.
+
+    Args:
+        raw: rows + schema from a source.
+        cache_dir: where to cache, or None to stay in memory.
+        progress: show one status line per stage.
+        shard_rows: rows per Parquet shard.
+    """
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    prog = _Progress(progress, raw.spec.name)
+    with prog.stage("validate"):
+        validate(raw)
+    has_oracle = bool(raw.oracle)
+    cache_path: Path | None = None
+    digest = ""
+    if cache_dir is not None:
+        with prog.stage("fingerprint"):
+            digest = fingerprint(raw, shard_rows)
+        cache_path = Path(cache_dir) / f"{raw.spec.name}-{digest[:16]}"
+        if _cache_valid(cache_path, digest):
+            with prog.stage(f"load cache {cache_path}"):
+                fm, splits, oracle = _read_cache(cache_path, has_oracle)
+            return PreparedData(fm, splits, oracle, cache_path, raw.source)
+    with prog.stage("split"):
+        frames = split_frame(raw)
+    with prog.stage("fit feature map (train only)"):
+        fm = fit_feature_map(frames["train"], raw.spec)
+    fm = fm.model_copy(update={"num_rows": {k: v.height for k, v in frames.items()}})
+    splits: dict[str, Batch] = {}
+    oracle: dict[str, np.ndarray] = {}
+    for name in SPLITS:
+        with prog.stage(f"encode {name} ({frames[name].height:,} rows)"):
+            splits[name] = encode(frames[name], fm, source=f"{raw.source} [{name} split]")
+            if has_oracle:
+                oracle[name] = _oracle_array(frames[name], raw.spec, raw.oracle)
+    if cache_path is not None:
+        with prog.stage(f"write cache {cache_path}"):
+            meta = {
+                "dataset": raw.spec.name,
+                "source": raw.source,
+                "hash": digest,
+                "format": CACHE_FORMAT,
+                "rows": fm.num_rows,
+                "oracle_tasks": sorted(raw.oracle),
+                "source_meta": raw.meta,
+                "timings_s": prog.timings,
+            }
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_cache(cache_path, fm, splits, oracle, meta, shard_rows)
+    return PreparedData(fm, splits, oracle, cache_path, raw.source)

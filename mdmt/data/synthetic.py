@@ -1,0 +1,782 @@
+"""Synthetic multi-domain multi-task data with a known ground truth.
+
+The industrial data sets of the MDMT papers (Douyin in PMTA, Kuaishou in PEPNet) are private.
+This generator produces impression logs whose published statistics match those papers, while the
+true probability of every label is known, so the **oracle AUC** of each (domain, task) cell, the
+ceiling no model can beat, is available next to every experiment.
+
+Presets
+-------
+``douyin`` (PMTA, Table 3): domains ``A`` (Douyin) and ``B`` (Douyin Lite); tasks ``like``,
+``follow``, ``comment``, ``dislike``, ``headslideleft``, ``finish``; user overlap A→B 67.8 %,
+B→A 87.2 %; item overlap A→B 23.2 %, B→A 30.1 %; 14 days split 10/2/2.
+
+``kuaishou`` (PEPNet, Table 1): domains ``A`` (Discovery Tab), ``B`` (Featured-Video Tab) and
+``C`` (Slide Tab); tasks ``like``, ``follow``, ``forward``, ``hate``, ``click``, ``effview``;
+instances 48:68:78; 12 days split 10/1/1. The overlap block of Table 1 is read **column = the
+domain the share is taken of, row = the other domain**: the entry in column X, row Y is the share
+of X's users (items) also seen in Y. This is the only reading consistent with the table's user and
+item counts: e.g. column A, row B gives 92.11 % of A's 76k users = 70.0k users, and column B,
+row A gives 63.64 % of B's 110k users = 70.0k users, the same intersection (likewise for A∩C,
+B∩C and for items). The table does not give the size of the triple intersection A∩B∩C; the
+generator sets it to half of the smallest pairwise intersection.
+
+Generative process
+------------------
+1. **Who is where.** Users are split into the regions of a Venn diagram over the domains (only A,
+   only B, A and B, ...) with sizes solved from the published overlap shares, and likewise items.
+   Each domain gets a fixed number of rows (its instance share). Every member user and member
+   item of a domain is shown at least once there, so the realised overlaps equal the targets up
+   to integer rounding. The other rows draw users by activity (log-normal weights) and items by
+   popularity (log-normal weights).
+2. **When.** Each row gets a day, an hour from a diurnal curve (evening peak) and a second;
+   ``timestamp`` is integer seconds since the Unix epoch, starting at the paper's first day.
+3. **Latent world.** Users have factors ``u = g[gender] + a[age] + noise`` (``factor_dim``
+   wide), items ``v = c[category] + 0.4 w[author] + noise`` and authors ``w``. Domain ``d``
+   shifts preferences linearly: ``u_d = u W_d + s_d`` with ``W_d = I + 0.4 G_d / sqrt(k)``.
+4. **Correlated tasks.** A common engagement score
+   ``E = <u_d, v> / sqrt(k) + b_user + q_item + c[d, category] + h[hour]``
+   is shared by all tasks; task ``t`` adds an author affinity ``<u_d, w_author> / sqrt(k)``, a
+   task-specific affinity ``<u_d P_t, v> / sqrt(k)`` and task-specific user and item biases::
+
+       logit_t = alpha_t E + beta_t <u_d, w> / sqrt(k) + gamma_t <u_d P_t, v> / sqrt(k)
+                 + bu_t[user] + bi_t[item] + offset[d, t]
+
+   ``alpha_t`` is positive for engagement behaviours (like, finish...) and negative for
+   ``dislike`` / ``hate``, so those are anti-correlated with the rest.
+5. **Calibration.** For each (domain, task) one uniform draw ``U`` per row decides the label:
+   ``y = 1`` iff ``U < sigmoid(logit_t)``. The offset ``offset[d, t]`` is chosen (a quantile of
+   ``logit(U) - logit_t`` over the domain's rows) so that exactly ``round(rate * rows)`` labels
+   are positive: the realised positive rate equals the published one up to one row. The offset
+   is one constant per cell, fitted on the same draws, which couples it to the noise by
+   ``O(1 / sqrt(positives))`` in logit: negligible for the oracle.
+6. **Oracle.** ``__oracle_<task> = sigmoid(logit_t)`` is the true probability of each label
+   (registered in :attr:`RawData.oracle`, never a feature).
+7. **History features** (:func:`add_history_features`): per-task user and item positive rates,
+   impression counts and behaviour sequences, computed from events strictly **before** the row's
+   timestamp (rows sharing a timestamp never see each other), so no label leaks into a feature.
+
+Example::
+
+    >>> from mdmt.data.synthetic import SyntheticConfig, generate, oracle_auc
+    >>> raw = generate(SyntheticConfig(preset="douyin", rows=20_000, seed=0))
+    >>> raw.frame.height, raw.spec.domain_names, raw.spec.task_names[:2]
+    (20000, ['A', 'B'], ['like', 'follow'])
+    >>> aucs = oracle_auc(raw)   # {("A", "like"): 0.8..., ...}
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ..schema import ConfigError, DatasetSpec, DomainSpec, FeatureSpec, SplitSpec, StrictModel, TaskSpec
+from .base import DataError, RawData
+
+__all__ = [
+    "SyntheticConfig",
+    "Preset",
+    "TaskLoading",
+    "PRESETS",
+    "generate",
+    "oracle_auc",
+    "add_history_features",
+    "ORACLE_PREFIX",
+]
+
+ORACLE_PREFIX = "__oracle_"  #: oracle probability columns are named ``__oracle_<task>``
+_SMOOTHING = 20.0  #: pseudo-impressions of the smoothed prior rates
+_GENDERS = np.array(["female", "male"])
+_AGE_GROUPS = np.array(["<18", "18-24", "25-30", "31-40", "41-50", "50+"])
+_AGE_SHARE = np.array([0.08, 0.22, 0.24, 0.22, 0.14, 0.10])
+_ACTIVITY = np.array(["low", "medium", "high", "very_high"])
+# share of impressions per hour of day (UTC hour of the timestamp): low at night, evening peak
+_DIURNAL = np.array(
+    [3.0, 2.0, 1.2, 0.8, 0.6, 0.6, 1.0, 2.0, 3.0, 3.5, 3.8, 4.2,
+     4.8, 4.6, 4.2, 4.0, 4.2, 4.6, 5.2, 6.0, 6.6, 6.8, 6.0, 4.5]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and presets
+# --------------------------------------------------------------------------------------------
+class SyntheticConfig(StrictModel):
+    """Parameters of :func:`generate`.
+
+    Attributes:
+        preset: ``"douyin"`` (PMTA Table 3) or ``"kuaishou"`` (PEPNet Table 1).
+        rows: impressions to generate.
+        num_users / num_items: population sizes; ``None`` scales with ``rows`` (``rows // 100``
+            users, at least 20, and ``rows // 20`` items, at least 50).
+        seq_len: maximal length of each behaviour sequence.
+        factor_dim: width ``k`` of the latent user / item / author factors.
+        seed: all randomness derives from it: the same seed gives an identical frame.
+        days: time span of the log; ``None`` is the paper's (14 for douyin, 12 for kuaishou).
+        sequences: behaviours (task names) with a ``seq_<task>`` sequence feature; ``None`` is the
+            preset's default (douyin: like, headslideleft, finish; kuaishou: like, click, effview).
+    """
+
+    preset: Literal["douyin", "kuaishou"] = "douyin"
+    rows: int = 200_000
+    num_users: int | None = None
+    num_items: int | None = None
+    seq_len: int = 20
+    factor_dim: int = 8
+    seed: int = 0
+    days: int | None = None
+    sequences: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class TaskLoading:
+    """How task logits load on the shared latent components (see module docstring, step 4).
+
+    ``engage`` (alpha) on the common engagement score, ``author`` (beta) on the author affinity,
+    ``specific`` (gamma) on the task's own affinity, ``user_sd`` / ``item_sd`` the spread of the
+    task-specific user and item biases.
+    """
+
+    engage: float
+    author: float
+    specific: float
+    user_sd: float
+    item_sd: float
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Published statistics a preset reproduces (rates and shares are fractions, not percent).
+
+    ``user_sizes`` / ``item_sizes`` are relative population sizes per domain and
+    ``user_overlap[x][y]`` the share of domain x's users also seen in domain y. ``triple`` sets
+    the A∩B∩C intersection (3 domains) as a fraction of the smallest pairwise intersection.
+    ``split_days`` are the train / valid / test days of the paper's protocol.
+    """
+
+    name: str
+    domains: tuple[str, ...]
+    domain_titles: dict[str, str]
+    tasks: tuple[str, ...]
+    rates: dict[str, dict[str, float]]
+    instance_share: dict[str, float]
+    user_sizes: dict[str, float]
+    user_overlap: dict[str, dict[str, float]]
+    item_sizes: dict[str, float]
+    item_overlap: dict[str, dict[str, float]]
+    triple: float
+    days: int
+    split_days: tuple[int, int, int]
+    epoch: int
+    sequences: tuple[str, ...]
+    loadings: dict[str, TaskLoading]
+    paper: str
+
+
+def _rates(tasks: tuple[str, ...], **per_domain: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    return {d: {t: r / 100.0 for t, r in zip(tasks, v, strict=True)} for d, v in per_domain.items()}
+
+
+_DOUYIN_TASKS = ("like", "follow", "comment", "dislike", "headslideleft", "finish")
+_KUAISHOU_TASKS = ("like", "follow", "forward", "hate", "click", "effview")
+
+PRESETS: dict[str, Preset] = {
+    "douyin": Preset(
+        name="douyin",
+        domains=("A", "B"),
+        domain_titles={"A": "Douyin", "B": "Douyin Lite"},
+        tasks=_DOUYIN_TASKS,
+        rates=_rates(
+            _DOUYIN_TASKS,
+            A=(2.30, 0.09, 0.18, 0.04, 1.35, 24.62),
+            B=(2.91, 0.11, 0.15, 0.06, 1.44, 24.17),
+        ),
+        # not published; proportional to the user populations implied by the overlaps
+        instance_share={"A": 0.872, "B": 0.678},
+        # |A| / |B| = overlap(B->A) / overlap(A->B), so these sizes reproduce both shares
+        user_sizes={"A": 0.872, "B": 0.678},
+        user_overlap={"A": {"B": 0.678}, "B": {"A": 0.872}},
+        item_sizes={"A": 0.301, "B": 0.232},
+        item_overlap={"A": {"B": 0.232}, "B": {"A": 0.301}},
+        triple=0.5,
+        days=14,
+        split_days=(10, 2, 2),
+        epoch=1727827200,  # 2024-10-02 00:00 UTC (PMTA: October 2-15, 2024)
+        sequences=("like", "headslideleft", "finish"),
+        loadings={
+            "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
+            "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
+            "comment": TaskLoading(0.7, 0.3, 0.6, 0.6, 0.5),
+            "dislike": TaskLoading(-0.8, -0.2, 0.6, 0.6, 0.5),
+            "headslideleft": TaskLoading(0.4, 0.8, 0.5, 0.5, 0.4),
+            "finish": TaskLoading(0.8, 0.0, 0.3, 0.3, 0.8),
+        },
+        paper="PMTA (CIKM 2025), Table 3",
+    ),
+    "kuaishou": Preset(
+        name="kuaishou",
+        domains=("A", "B", "C"),
+        domain_titles={"A": "Discovery Tab", "B": "Featured-Video Tab", "C": "Slide Tab"},
+        tasks=_KUAISHOU_TASKS,
+        rates=_rates(
+            _KUAISHOU_TASKS,
+            A=(3.68, 0.48, 0.21, 0.20, 14.66, 45.57),
+            B=(2.91, 0.33, 0.21, 0.06, 58.38, 44.58),
+            C=(2.82, 0.35, 0.28, 0.08, 57.33, 48.48),
+        ),
+        instance_share={"A": 48_037.0, "B": 68_348.0, "C": 78_197.0},
+        user_sizes={"A": 76.0, "B": 110.0, "C": 88.0},
+        user_overlap={
+            "A": {"B": 0.9211, "C": 0.0789},
+            "B": {"A": 0.6364, "C": 0.0727},
+            "C": {"A": 0.0682, "B": 0.0909},
+        },
+        item_sizes={"A": 9_474.0, "B": 5_205.0, "C": 5_588.0},
+        item_overlap={
+            "A": {"B": 0.2117, "C": 0.2257},
+            "B": {"A": 0.3854, "C": 0.4343},
+            "C": {"A": 0.3826, "B": 0.4046},
+        },
+        triple=0.5,
+        days=12,
+        split_days=(10, 1, 1),
+        epoch=1662854400,  # 2022-09-11 00:00 UTC (PEPNet: September 11-22, 2022)
+        sequences=("like", "click", "effview"),
+        loadings={
+            "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
+            "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
+            "forward": TaskLoading(0.7, 0.2, 0.6, 0.6, 0.5),
+            "hate": TaskLoading(-0.8, -0.2, 0.6, 0.6, 0.5),
+            "click": TaskLoading(0.6, 0.1, 0.3, 0.4, 0.6),
+            "effview": TaskLoading(0.8, 0.0, 0.3, 0.3, 0.8),
+        },
+        paper="PEPNet (KDD 2023), Table 1",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _rng(seed: int, name: str) -> np.random.Generator:
+    """An independent stream per component, stable across code reordering."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+def _round_counts(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integers proportional to ``weights`` summing to ``total`` (largest remainder)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * total
+    out = np.floor(exact).astype(np.int64)
+    rest = total - int(out.sum())
+    if rest > 0:
+        order = np.argsort(-(exact - out), kind="stable")
+        out[order[:rest]] += 1
+    return out
+
+
+def _venn_regions(
+    domains: tuple[str, ...], sizes: dict[str, float], overlap: dict[str, dict[str, float]], triple: float
+) -> dict[frozenset[str], float]:
+    """Sizes of the exclusive Venn regions (non-empty domain subsets) implied by the overlaps.
+
+    ``inter({x, y}) = mean(overlap[x][y] * size[x], overlap[y][x] * size[y])``; regions follow by
+    Moebius inversion ``region(S) = sum_{T ⊇ S} (-1)^{|T|-|S|} inter(T)``.
+    """
+    if len(domains) > 3:
+        raise ConfigError(f"overlap presets support at most 3 domains, got {len(domains)}")
+    inter: dict[frozenset[str], float] = {frozenset([d]): float(sizes[d]) for d in domains}
+    for x, y in itertools.combinations(domains, 2):
+        inter[frozenset([x, y])] = 0.5 * (overlap[x][y] * sizes[x] + overlap[y][x] * sizes[y])
+    if len(domains) == 3:
+        inter[frozenset(domains)] = triple * min(v for s, v in inter.items() if len(s) == 2)
+    regions: dict[frozenset[str], float] = {}
+    for s in inter:
+        val = sum((-1) ** (len(t) - len(s)) * v for t, v in inter.items() if s <= t)
+        if val < -1e-9:
+            raise ConfigError(f"overlap targets are inconsistent: region {sorted(s)} has size {val:.4f}")
+        regions[s] = max(val, 0.0)
+    return regions
+
+
+def _membership(
+    n: int, preset: Preset, sizes: dict[str, float], overlap: dict[str, dict[str, float]], rng: np.random.Generator
+) -> np.ndarray:
+    """Boolean ``[n, D]``: which domains each of ``n`` entities belongs to."""
+    regions = _venn_regions(preset.domains, sizes, overlap, preset.triple)
+    keys = list(regions)
+    counts = _round_counts(np.array([regions[k] for k in keys]), n)
+    member = np.zeros((n, len(preset.domains)), dtype=bool)
+    perm = rng.permutation(n)
+    start = 0
+    for k, c in zip(keys, counts, strict=True):
+        cols = [preset.domains.index(d) for d in k]
+        rows = perm[start : start + c]
+        member[np.ix_(rows, cols)] = True
+        start += c
+    return member
+
+
+def _assign(members: np.ndarray, weight: np.ndarray, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_rows`` draws from ``members``: each member once (shuffled), the rest by ``weight``."""
+    p = weight[members] / weight[members].sum()
+    extra = rng.choice(members, size=n_rows - members.size, p=p)
+    out = np.concatenate([members, extra])
+    rng.shuffle(out)
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function; logits are clipped to +-30 so probabilities stay strictly in (0, 1)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
+
+
+def _labelled(name: str, names: "np.ndarray | tuple[str, ...]", codes: np.ndarray) -> pl.Series:
+    """A string column ``names[codes]`` built by a Polars gather (fast for millions of rows)."""
+    return pl.Series(name, list(names), dtype=pl.String).gather(pl.Series(codes, dtype=pl.UInt32))
+
+
+def _dense_codes(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """One int64 code per row identifying the combination of ``columns`` (nulls are a value)."""
+    code = np.zeros(frame.height, dtype=np.int64)
+    for c in columns:
+        r = frame.select(pl.col(c).rank("dense").fill_null(0).cast(pl.Int64)).to_series().to_numpy()
+        code = code * (int(r.max(initial=0)) + 1) + r
+    return code
+
+
+@dataclass
+class _Before:
+    """Sorted layout of rows by (key, timestamp) for strictly-before aggregations."""
+
+    order: np.ndarray  # [N] row indices sorted by (key, ts)
+    first_key: np.ndarray  # [N] sorted position of the key's first row
+    first_tie: np.ndarray  # [N] sorted position of the first row of the same (key, ts)
+
+    @classmethod
+    def of(cls, key: np.ndarray, ts: np.ndarray) -> "_Before":
+        order = np.lexsort((ts, key))
+        k, t = key[order], ts[order]
+        n = order.size
+        new_key = np.ones(n, dtype=bool)
+        new_key[1:] = k[1:] != k[:-1]
+        new_tie = new_key.copy()
+        new_tie[1:] |= t[1:] != t[:-1]
+        idx = np.arange(n)
+        first_key = np.maximum.accumulate(np.where(new_key, idx, 0))
+        first_tie = np.maximum.accumulate(np.where(new_tie, idx, 0))
+        return cls(order, first_key, first_tie)
+
+    def unsort(self, sorted_values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(sorted_values)
+        out[self.order] = sorted_values
+        return out
+
+    def count(self) -> np.ndarray:
+        """[N] rows of the same key with a strictly smaller timestamp."""
+        return self.unsort(self.first_tie - self.first_key)
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """[N, m] sums of ``x`` ([N, m], row order) over rows of the same key strictly before."""
+        c = np.zeros((x.shape[0] + 1, x.shape[1]), dtype=np.float64)
+        np.cumsum(x[self.order], axis=0, out=c[1:])
+        return self.unsort(c[self.first_tie] - c[self.first_key])
+
+
+def add_history_features(
+    frame: pl.DataFrame,
+    *,
+    user: str,
+    item: str,
+    timestamp: str,
+    tasks: list[str],
+    domain: str | None = None,
+    sequences: list[str] | None = None,
+    seq_len: int = 20,
+    prior_rates: dict[str, float] | None = None,
+    smoothing: float = _SMOOTHING,
+) -> pl.DataFrame:
+    """Add per-task user / item statistics and behaviour sequences that use only the past.
+
+    Every feature of a row is computed from events with a timestamp **strictly smaller** than the
+    row's own: rows sharing a timestamp (ties) never see each other's labels. Rows are sorted by
+    (key, timestamp) once per key and aggregated with cumulative sums, so the cost is a few sorts.
+
+    Added columns (``t`` in ``tasks``, ``b`` in ``sequences``):
+      * ``user_count_prior`` / ``item_count_prior``: earlier impressions of the user / item.
+      * ``user_domain_count_prior`` / ``item_domain_count_prior`` (when ``domain`` is given):
+        earlier impressions of the user / item in the row's domain.
+      * ``user_<t>_rate_prior`` / ``item_<t>_ctr_prior``: smoothed earlier positive rate
+        ``(positives + smoothing * p0) / (impressions + smoothing)``, ``p0 = prior_rates[t]``
+        (default 0). Null labels count as impressions without a positive.
+      * ``seq_<b>``: list of the user's earlier items whose ``b`` label was 1, most recent first,
+        at most ``seq_len`` (ties in the past are ordered by row position).
+
+    Args:
+        frame: one row per impression; ``tasks`` / ``sequences`` name 0/1 label columns.
+        user, item, timestamp, domain: column names.
+        prior_rates: ``{task: p0}`` of the smoothing prior; use a constant known in advance
+            (e.g. a published rate), never a rate measured on the evaluation rows.
+
+    Returns:
+        ``frame`` with the columns above appended, row order unchanged.
+    """
+    for c in [user, item, timestamp, *tasks, *(sequences or []), *([domain] if domain else [])]:
+        if c not in frame.columns:
+            raise DataError(f"add_history_features: column {c!r} is missing (have {frame.columns})")
+    if frame.height == 0:
+        raise DataError("add_history_features: the frame has no rows")
+    ts = frame[timestamp].cast(pl.Int64).to_numpy()
+    if frame[timestamp].null_count():
+        raise DataError(f"add_history_features: column {timestamp!r} has nulls")
+    labels = np.stack(
+        [frame[t].cast(pl.Float64).fill_null(0.0).to_numpy() for t in tasks], axis=1
+    ) if tasks else np.zeros((frame.height, 0))
+    p0 = np.array([(prior_rates or {}).get(t, 0.0) for t in tasks], dtype=np.float64)
+    user_code = _dense_codes(frame, [user])
+    item_code = _dense_codes(frame, [item])
+    by_user = _Before.of(user_code, ts)
+    by_item = _Before.of(item_code, ts)
+    cols: list[pl.Series] = []
+    u_cnt = by_user.count()
+    i_cnt = by_item.count()
+    cols.append(pl.Series("user_count_prior", u_cnt, dtype=pl.Int64))
+    cols.append(pl.Series("item_count_prior", i_cnt, dtype=pl.Int64))
+    if domain is not None:
+        dom_code = _dense_codes(frame, [domain])
+        nd = int(dom_code.max()) + 1
+        cols.append(pl.Series("user_domain_count_prior", _Before.of(user_code * nd + dom_code, ts).count(), dtype=pl.Int64))
+        cols.append(pl.Series("item_domain_count_prior", _Before.of(item_code * nd + dom_code, ts).count(), dtype=pl.Int64))
+    if tasks:
+        u_pos = by_user.sums(labels)
+        i_pos = by_item.sums(labels)
+        u_rate = (u_pos + smoothing * p0) / (u_cnt[:, None] + smoothing)
+        i_rate = (i_pos + smoothing * p0) / (i_cnt[:, None] + smoothing)
+        for j, t in enumerate(tasks):
+            cols.append(pl.Series(f"user_{t}_rate_prior", u_rate[:, j], dtype=pl.Float64))
+        for j, t in enumerate(tasks):
+            cols.append(pl.Series(f"item_{t}_ctr_prior", i_rate[:, j], dtype=pl.Float64))
+    if sequences:
+        items = frame[item].to_numpy()
+        if frame[item].null_count():
+            raise DataError(f"add_history_features: column {item!r} has nulls")
+        for b in sequences:
+            cols.append(_sequence(by_user, frame[b].cast(pl.Int8).fill_null(0).to_numpy(), items, seq_len, f"seq_{b}"))
+    return frame.with_columns(cols)
+
+
+def _sequence(by: _Before, positive: np.ndarray, items: np.ndarray, seq_len: int, name: str) -> pl.Series:
+    """``[N]`` list column: the key's last ``seq_len`` positive items strictly before, newest first."""
+    x = positive[by.order].astype(np.int64)
+    c = np.zeros(x.size + 1, dtype=np.int64)
+    np.cumsum(x, out=c[1:])
+    pos_items = items[by.order][x == 1]  # positives in (key, ts) order; c[i] indexes into it
+    end = by.unsort(c[by.first_tie])  # one past the newest positive strictly before the row
+    start = by.unsort(c[by.first_key])
+    length = np.minimum(end - start, seq_len)
+    offsets = np.zeros(length.size + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], length)
+    values = pos_items[np.repeat(end, length) - 1 - within]
+    arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pl.Series(name, arr)
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------------
+def _sizes(cfg: SyntheticConfig) -> tuple[int, int]:
+    users = cfg.num_users if cfg.num_users is not None else max(20, cfg.rows // 100)
+    items = cfg.num_items if cfg.num_items is not None else max(50, cfg.rows // 20)
+    return users, items
+
+
+def _check(cfg: SyntheticConfig, preset: Preset) -> None:
+    src = f"SyntheticConfig(preset={cfg.preset!r})"
+    if cfg.rows < 100:
+        raise ConfigError(f"{src}: rows must be at least 100, got {cfg.rows}")
+    if cfg.seq_len < 1 or cfg.factor_dim < 1:
+        raise ConfigError(f"{src}: seq_len and factor_dim must be positive")
+    if cfg.days is not None and cfg.days < 1:
+        raise ConfigError(f"{src}: days must be positive, got {cfg.days}")
+    users, items = _sizes(cfg)
+    if users < len(preset.domains) or items < len(preset.domains):
+        raise ConfigError(f"{src}: num_users and num_items must be at least {len(preset.domains)}")
+    for b in cfg.sequences or []:
+        if b not in preset.tasks:
+            raise ConfigError(f"{src}: sequences names unknown task {b!r}; tasks are {list(preset.tasks)}")
+
+
+def generate(cfg: SyntheticConfig) -> RawData:
+    """Generate a synthetic MDMT impression log (see the module docstring for the process).
+
+    Deterministic: the same ``cfg`` (seed included) gives an identical frame. Rows are sorted by
+    ``timestamp``. About a few seconds per million rows.
+
+    Returns:
+        :class:`RawData` with a full :class:`DatasetSpec` (temporal split mirroring the paper's
+        days), oracle columns ``__oracle_<task>`` and ``meta`` holding the preset's targets:
+        ``{"targets": {domain: {task: rate}}, "user_overlap": {x: {y: share}}, "item_overlap":
+        ..., "instance_share": {domain: share}, ...}``.
+
+    Raises:
+        ConfigError: sizes that cannot hold the preset (e.g. more members of a domain than rows).
+    """
+    preset = PRESETS[cfg.preset]
+    _check(cfg, preset)
+    n_users, n_items = _sizes(cfg)
+    n_rows, k, seed = cfg.rows, cfg.factor_dim, cfg.seed
+    doms, tasks = preset.domains, preset.tasks
+    n_dom, n_task = len(doms), len(tasks)
+    days = cfg.days if cfg.days is not None else preset.days
+    seq_behaviours = list(cfg.sequences) if cfg.sequences is not None else list(preset.sequences)
+    src = f"SyntheticConfig(preset={cfg.preset!r}, rows={n_rows})"
+
+    # 1. who is where --------------------------------------------------------------------------
+    user_member = _membership(n_users, preset, preset.user_sizes, preset.user_overlap, _rng(seed, "user_member"))
+    item_member = _membership(n_items, preset, preset.item_sizes, preset.item_overlap, _rng(seed, "item_member"))
+    rows_per_dom = _round_counts(np.array([preset.instance_share[d] for d in doms]), n_rows)
+    for j, d in enumerate(doms):
+        need = max(int(user_member[:, j].sum()), int(item_member[:, j].sum()))
+        if rows_per_dom[j] < need:
+            raise ConfigError(
+                f"{src}: domain {d!r} gets {rows_per_dom[j]} rows but has {int(user_member[:, j].sum())} member "
+                f"users and {int(item_member[:, j].sum())} member items; each must appear once. "
+                "Raise rows or lower num_users / num_items."
+            )
+    r = _rng(seed, "population")
+    activity = r.lognormal(0.0, 0.7, n_users)
+    popularity = r.lognormal(0.0, 1.0, n_items)
+    r = _rng(seed, "rows")
+    user = np.empty(n_rows, dtype=np.int64)
+    item = np.empty(n_rows, dtype=np.int64)
+    dom = np.repeat(np.arange(n_dom, dtype=np.int64), rows_per_dom)
+    bounds = np.concatenate([[0], np.cumsum(rows_per_dom)])
+    for j in range(n_dom):
+        lo, hi = bounds[j], bounds[j + 1]
+        user[lo:hi] = _assign(np.flatnonzero(user_member[:, j]), activity, hi - lo, r)
+        item[lo:hi] = _assign(np.flatnonzero(item_member[:, j]), popularity, hi - lo, r)
+
+    # 2. when ----------------------------------------------------------------------------------
+    r = _rng(seed, "time")
+    day = r.integers(0, days, n_rows)
+    hour = r.choice(24, size=n_rows, p=_DIURNAL / _DIURNAL.sum())
+    ts = preset.epoch + day * 86_400 + hour * 3_600 + r.integers(0, 3_600, n_rows)
+
+    # 3. latent world --------------------------------------------------------------------------
+    r = _rng(seed, "users")
+    gender = r.integers(0, 2, n_users)
+    age = r.choice(len(_AGE_GROUPS), size=n_users, p=_AGE_SHARE)
+    g_emb = r.normal(0.0, 0.5, (2, k))
+    a_emb = r.normal(0.0, 0.5, (len(_AGE_GROUPS), k))
+    u = g_emb[gender] + a_emb[age] + r.normal(0.0, 0.8, (n_users, k))
+    log_act = np.log(activity)
+    act_level = np.searchsorted(np.quantile(log_act, [0.25, 0.5, 0.75]), log_act, side="right")
+    b_user = 0.2 * (log_act - log_act.mean()) / (log_act.std() + 1e-12) + r.normal(0.0, 0.35, n_users)
+
+    r = _rng(seed, "items")
+    n_cat = int(np.clip(n_items // 100, 5, 50))
+    n_auth = max(10, n_items // 5)
+    cat_share = r.dirichlet(np.full(n_cat, 2.0))
+    category = r.choice(n_cat, size=n_items, p=cat_share)
+    author = r.choice(n_auth, size=n_items, p=r.dirichlet(np.full(n_auth, 0.5)))
+    c_emb = r.normal(0.0, 0.8, (n_cat, k))
+    w_emb = r.normal(0.0, 1.0, (n_auth, k))
+    v = c_emb[category] + 0.4 * w_emb[author] + r.normal(0.0, 0.6, (n_items, k))
+    q_item = r.normal(0.0, 0.5, n_items)
+
+    r = _rng(seed, "domains")
+    w_dom = np.eye(k)[None] + 0.4 * r.normal(0.0, 1.0, (n_dom, k, k)) / math.sqrt(k)
+    s_dom = r.normal(0.0, 0.3, (n_dom, k))
+    u_dom = np.einsum("uk,dkl->dul", u, w_dom) + s_dom[:, None, :]  # [D, U, k]
+    dom_cat = r.normal(0.0, 0.3, (n_dom, n_cat))
+    hour_eff = 0.2 * np.cos(2 * np.pi * (np.arange(24) - 21) / 24)
+
+    # 4. correlated tasks ----------------------------------------------------------------------
+    ud = u_dom[dom, user]  # [N, k]
+    vi = v[item]  # [N, k]
+    engage = (
+        np.einsum("nk,nk->n", ud, vi) / math.sqrt(k)
+        + b_user[user] + q_item[item] + dom_cat[dom, category[item]] + hour_eff[hour]
+    )
+    author_aff = np.einsum("nk,nk->n", ud, w_emb[author[item]]) / math.sqrt(k)
+    r = _rng(seed, "tasks")
+    logits = np.empty((n_rows, n_task), dtype=np.float64)
+    for j, t in enumerate(tasks):
+        ld = preset.loadings[t]
+        proj = r.normal(0.0, 1.0, (k, k)) / math.sqrt(k)
+        specific = np.einsum("nk,nk->n", ud @ proj, vi) / math.sqrt(k)
+        bu = r.normal(0.0, ld.user_sd, n_users)
+        bi = r.normal(0.0, ld.item_sd, n_items)
+        logits[:, j] = ld.engage * engage + ld.author * author_aff + ld.specific * specific + bu[user] + bi[item]
+    del ud, vi
+
+    # 5. calibration + labels ------------------------------------------------------------------
+    r = _rng(seed, "labels")
+    unif = r.random((n_rows, n_task))
+    np.clip(unif, 1e-12, 1 - 1e-12, out=unif)
+    resid = np.log(unif) - np.log1p(-unif) - logits  # y = 1  <=>  resid < offset
+    labels = np.empty((n_rows, n_task), dtype=np.int8)
+    offsets: dict[str, dict[str, float]] = {d: {} for d in doms}
+    for j, d in enumerate(doms):
+        lo, hi = bounds[j], bounds[j + 1]
+        n = hi - lo
+        for i, t in enumerate(tasks):
+            rr = resid[lo:hi, i]
+            kpos = int(round(preset.rates[d][t] * n))
+            if kpos <= 0:
+                off = float(rr.min()) - 1.0
+            elif kpos >= n:
+                off = float(rr.max()) + 1.0
+            else:
+                part = np.partition(rr, [kpos - 1, kpos])
+                off = 0.5 * float(part[kpos - 1] + part[kpos])
+            logits[lo:hi, i] += off
+            labels[lo:hi, i] = rr < off
+            offsets[d][t] = off
+    oracle = _sigmoid(logits)
+    del resid, unif, logits
+
+    # 6. frame, sorted by time -----------------------------------------------------------------
+    order = np.argsort(ts, kind="stable")
+    user, item, dom, ts, hour = user[order], item[order], dom[order], ts[order], hour[order]
+    labels, oracle = labels[order], oracle[order]
+    cols: dict[str, pl.Series] = {
+        "user_id": pl.Series("user_id", user, dtype=pl.Int64),
+        "item_id": pl.Series("item_id", item, dtype=pl.Int64),
+        "author_id": pl.Series("author_id", author[item], dtype=pl.Int64),
+        "item_category": pl.Series("item_category", category[item], dtype=pl.Int64),
+        "user_gender": _labelled("user_gender", _GENDERS, gender[user]),
+        "user_age_group": _labelled("user_age_group", _AGE_GROUPS, age[user]),
+        "user_activity": _labelled("user_activity", _ACTIVITY, act_level[user]),
+        "hour": pl.Series("hour", hour, dtype=pl.Int64),
+        "domain": _labelled("domain", doms, dom),
+        "timestamp": pl.Series("timestamp", ts, dtype=pl.Int64),
+    }
+    for i, t in enumerate(tasks):
+        cols[t] = pl.Series(t, labels[:, i], dtype=pl.Int8)
+    frame = pl.DataFrame(list(cols.values()))
+    prior = {t: float(np.mean([preset.rates[d][t] for d in doms])) for t in tasks}
+    frame = add_history_features(
+        frame, user="user_id", item="item_id", timestamp="timestamp", domain="domain",
+        tasks=list(tasks), sequences=seq_behaviours, seq_len=cfg.seq_len, prior_rates=prior,
+    )
+    frame = frame.with_columns(
+        [pl.Series(f"{ORACLE_PREFIX}{t}", oracle[:, i], dtype=pl.Float64) for i, t in enumerate(tasks)]
+    )
+
+    spec = _spec(cfg, preset, seq_behaviours)
+    meta = {
+        "preset": preset.name,
+        "paper": preset.paper,
+        "domain_titles": dict(preset.domain_titles),
+        "targets": {d: dict(preset.rates[d]) for d in doms},
+        "user_overlap": {x: dict(v) for x, v in preset.user_overlap.items()},
+        "item_overlap": {x: dict(v) for x, v in preset.item_overlap.items()},
+        "overlap_reading": "overlap[x][y] = share of domain x's users (items) also seen in domain y",
+        "instance_share": {d: float(s) for d, s in zip(doms, rows_per_dom / n_rows, strict=True)},
+        "num_users": n_users,
+        "num_items": n_items,
+        "days": days,
+        "split_days": list(preset.split_days),
+        "calibration_offsets": offsets,
+        "prior_rates": prior,
+        "config": cfg.model_dump(),
+    }
+    return RawData(
+        spec=spec,
+        frame=frame,
+        source=f"synthetic:{preset.name}(rows={n_rows}, seed={seed})",
+        oracle={t: f"{ORACLE_PREFIX}{t}" for t in tasks},
+        meta=meta,
+    )
+
+
+def _spec(cfg: SyntheticConfig, preset: Preset, seqs: list[str]) -> DatasetSpec:
+    """The schema of a generated frame."""
+    feats = [
+        FeatureSpec(name="user_id", source="user"),
+        FeatureSpec(name="item_id", source="item"),
+        FeatureSpec(name="author_id", source="item"),
+        FeatureSpec(name="item_category", source="item"),
+        FeatureSpec(name="user_gender", source="user"),
+        FeatureSpec(name="user_age_group", source="user"),
+        FeatureSpec(name="user_activity", source="user"),
+        FeatureSpec(name="hour", source="context"),
+        FeatureSpec(name="user_count_prior", kind="dense", source="user", transform="log_standard"),
+        FeatureSpec(name="item_count_prior", kind="dense", source="item", transform="log_standard"),
+        FeatureSpec(name="user_domain_count_prior", kind="dense", source="context", transform="log_standard"),
+        FeatureSpec(name="item_domain_count_prior", kind="dense", source="context", transform="log_standard"),
+    ]
+    feats += [FeatureSpec(name=f"user_{t}_rate_prior", kind="dense", source="user") for t in preset.tasks]
+    feats += [FeatureSpec(name=f"item_{t}_ctr_prior", kind="dense", source="item") for t in preset.tasks]
+    feats += [
+        FeatureSpec(name=f"seq_{b}", kind="sequence", source="user", vocab="item_id", max_len=cfg.seq_len, behaviour=b)
+        for b in seqs
+    ]
+    tasks = [
+        TaskSpec(
+            name=t,
+            label=t,
+            related_features=[f"user_{t}_rate_prior", f"item_{t}_ctr_prior", *([f"seq_{t}"] if t in seqs else [])],
+        )
+        for t in preset.tasks
+    ]
+    tr, va, te = preset.split_days
+    total = tr + va + te
+    return DatasetSpec(
+        name=f"synthetic-{preset.name}",
+        features=feats,
+        domain=DomainSpec(column="domain", names=list(preset.domains)),
+        tasks=tasks,
+        group="user_id",
+        timestamp="timestamp",
+        split=SplitSpec(method="temporal", ratios=(tr / total, va / total, te / total)),
+        priors=["user_id", "item_id", "author_id"],
+        domain_features=["hour", "user_domain_count_prior", "item_domain_count_prior"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# oracle AUC
+# --------------------------------------------------------------------------------------------
+def _rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties at half credit; NaN for one class."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def oracle_auc(raw: RawData) -> dict[tuple[str, str], float]:
+    """AUC of the true probabilities in each (domain, task) cell: the ceiling of any model.
+
+    Computed over the rows of the domain where the task's label is observed; a cell with a single
+    class is NaN.
+
+    Raises:
+        DataError: ``raw`` has no oracle columns (it is not synthetic).
+    """
+    if not raw.oracle:
+        raise DataError(f"{raw.source}: no oracle columns; oracle AUC needs synthetic data")
+    spec, frame = raw.spec, raw.frame
+    out: dict[tuple[str, str], float] = {}
+    for task in spec.tasks:
+        col = raw.oracle.get(task.name)
+        if col is None:
+            continue
+        for d in spec.domain_names:
+            part = frame.filter((pl.col(spec.domain.column) == d) & pl.col(task.label).is_not_null())
+            out[(d, task.name)] = _rank_auc(part[task.label].to_numpy(), part[col].to_numpy())
+    return out

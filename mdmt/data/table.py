@@ -1,0 +1,143 @@
+"""Bring your own data: one CSV or Parquet table plus a YAML :class:`~mdmt.schema.DatasetSpec`.
+
+The table holds one row per impression: the raw feature columns, the domain column, one 0/1
+column per task (empty / null = unobserved) and, for a temporal split, a timestamp. Sequence
+features are list columns in Parquet; in CSV they are strings of ids separated by ``|``, most
+recent first (``"42|7|19"``; an empty cell is an empty sequence).
+
+Example config (``data:`` section of an experiment)::
+
+    data:
+      source: table
+      params:
+        path: clicks.csv          # or clicks.parquet, or a directory of *.parquet files
+        schema: clicks.yaml       # a DatasetSpec in YAML
+        separator: ","
+
+Relative paths are tried as given, then under ``data_dir`` (``--data-dir`` / ``MDMT_DATA_DIR``).
+See ``docs/data.md`` for a complete schema.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import polars as pl
+
+from ..schema import DatasetSpec, StrictModel, load_yaml
+from .base import DataError, RawData
+from .preprocess import validate
+
+__all__ = ["TableConfig", "load", "SEQUENCE_SEPARATOR"]
+
+#: separator of the ids of a sequence written as one CSV cell
+SEQUENCE_SEPARATOR = "|"
+CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+with warnings.catch_warnings():
+    # the field is called ``schema`` on purpose (it is the user-facing key); the instance value
+    # shadows pydantic's deprecated ``BaseModel.schema`` classmethod, which is harmless here
+    warnings.filterwarnings("ignore", message='Field name "schema"')
+
+    class TableConfig(StrictModel):
+        """Params of the ``table`` source.
+
+        Attributes:
+            path: a ``.csv`` / ``.tsv`` / ``.txt`` file, a ``.parquet`` file, or a directory of ``*.parquet`` files.
+            schema: a YAML file holding the :class:`~mdmt.schema.DatasetSpec`.
+            separator: the CSV field separator.
+        """
+
+        path: str
+        schema: str
+        separator: str = ","
+
+
+def _resolve(path: str, data_dir: str | None, what: str) -> Path:
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    tried = [str(p)]
+    if data_dir is not None and not p.is_absolute():
+        q = Path(data_dir).expanduser() / p
+        if q.exists():
+            return q
+        tried.append(str(q))
+    raise _NotFound(what, tried)
+
+
+class _NotFound(Exception):
+    def __init__(self, what: str, tried: list[str]) -> None:
+        super().__init__(f"{what} not found: tried {', '.join(tried)}")
+
+
+def _parse_sequences(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Turn ``"a|b|c"`` string columns of sequence features into list columns (integers when every id is one)."""
+    cols = []
+    for f in spec.sequence_features():
+        c = f.raw_column
+        if c not in frame.columns or frame[c].dtype != pl.String:
+            continue
+        parts = pl.col(c).fill_null("").str.strip_chars().str.split(SEQUENCE_SEPARATOR).list.eval(pl.element().str.strip_chars())
+        parts = parts.list.eval(pl.element().filter(pl.element() != ""))
+        lists = frame.select(parts.alias(c))[c]
+        try:
+            lists = lists.cast(pl.List(pl.Int64))
+        except pl.exceptions.PolarsError:
+            pass  # ids that are not all integers stay strings
+        cols.append(lists)
+    return frame.with_columns(cols) if cols else frame
+
+
+def _read(path: Path, cfg: TableConfig, spec: DatasetSpec) -> pl.DataFrame:
+    seq_cols = {f.raw_column: pl.String for f in spec.sequence_features()}
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.parquet"))
+            if not files:
+                raise DataError(f"{path}: directory holds no *.parquet files")
+            return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        suffix = path.suffix.lower()
+        if suffix in PARQUET_SUFFIXES:
+            return pl.read_parquet(path)
+        if suffix in CSV_SUFFIXES:
+            with open(path, "rb") as fh:
+                header = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n").split(cfg.separator)
+            overrides = {c: t for c, t in seq_cols.items() if c in [h.strip('"') for h in header]}
+            return pl.read_csv(path, separator=cfg.separator, schema_overrides=overrides, infer_schema_length=100_000)
+    except DataError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read the table: {err}") from None
+    raise DataError(
+        f"{path}: unknown file type {path.suffix!r}; use one of {sorted(CSV_SUFFIXES | PARQUET_SUFFIXES)} "
+        f"or a directory of .parquet files"
+    )
+
+
+def load(cfg: TableConfig, data_dir: str | None = None) -> RawData:
+    """Read the table and its schema into a validated :class:`RawData`.
+
+    Raises:
+        DataError: the table is missing (naming the paths tried), unreadable, or does not match
+            the schema (missing columns with a close-name suggestion, bad labels, unknown domains).
+        ConfigError: the schema file is missing or invalid (naming the key and the file).
+    """
+    from ..schema import ConfigError
+
+    try:
+        schema_path = _resolve(cfg.schema, data_dir, "schema file")
+    except _NotFound as err:
+        raise ConfigError(str(err)) from None
+    spec = load_yaml(schema_path, DatasetSpec)
+    try:
+        path = _resolve(cfg.path, data_dir, "data table")
+    except _NotFound as err:
+        raise DataError(str(err)) from None
+    frame = _parse_sequences(_read(path, cfg, spec), spec)
+    raw = RawData(spec=spec, frame=frame, source=str(path), meta={"path": str(path), "schema": str(schema_path)})
+    validate(raw)
+    return raw

@@ -1,0 +1,345 @@
+"""Every registered model, on the tiny schema (DESIGN §5.7). Parametrized over the registry, so a
+newly registered model is tested without editing this file.
+
+A model class may say ``domain_aware = False`` (it never reads ``batch.domain``); every other
+model must give different logits when only the domain of the rows changes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdmt.batch import Batch
+from mdmt.featuremap import FeatureMap
+from mdmt.models import REGISTRY, MDMTModel, ModelOutput, build_model, model_config
+from mdmt.schema import ConfigError, DatasetSpec, DomainSpec, FeatureSpec, TableSpec, TaskSpec
+
+from .conftest import make_batch, make_tiny
+
+MODELS = sorted(REGISTRY)
+FIXTURES = [False, True]  # per_domain tables off / on
+
+# torch.manual_seed(0); build_model(name, spec, fm).eval(); sum of all logits on make_batch(spec, fm)
+GOLDEN: dict[tuple[str, bool], float] = {
+    ("dcnv2", False): -1.9923489093780518,
+    ("deepfm", False): -9.257884979248047,
+    ("mlp", False): 5.064952850341797,
+    ("mmoe", False): -3.5325167179107666,
+    ("ple", False): -3.626519203186035,
+    ("sharedbottom", False): -4.501753807067871,
+    ("star", False): 6.248359680175781,
+    ("dcnv2", True): 2.0950117111206055,
+    ("deepfm", True): -5.489543914794922,
+    ("mlp", True): -2.128939151763916,
+    ("mmoe", True): 3.0098886489868164,
+    ("ple", True): 1.4198681116104126,
+    ("sharedbottom", True): -2.8066883087158203,
+    ("star", True): -1.6641345024108887,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops run fastest (and least noisily) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(per_domain: bool, size: int = 16, seed: int = 0):
+    spec, fm = make_tiny(per_domain=per_domain)
+    return spec, fm, make_batch(spec, fm, size=size, seed=seed)
+
+
+def _build(name: str, spec: DatasetSpec, fm: FeatureMap, seed: int = 0, params: dict | None = None) -> MDMTModel:
+    torch.manual_seed(seed)
+    return build_model(name, spec, fm, params)
+
+
+def _stack(model: MDMTModel, out: ModelOutput) -> torch.Tensor:
+    return torch.stack([out.logits[t] for t in model.task_names], dim=1)
+
+
+def _loss(model: MDMTModel, batch: Batch) -> torch.Tensor:
+    """Masked mean BCE over (row, task) plus the model's aux loss."""
+    out = model(batch)
+    z = _stack(model, out)
+    mask = batch.label_mask.to(z.dtype)
+    loss = (F.binary_cross_entropy_with_logits(z, batch.labels, reduction="none") * mask).sum() / mask.sum()
+    return loss if out.aux_loss is None else loss + out.aux_loss
+
+
+def _with_domain(batch: Batch, domain: torch.Tensor) -> Batch:
+    b = batch.index(torch.arange(len(batch)))
+    b.domain = domain
+    return b
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract of every registered model
+# ---------------------------------------------------------------------------------------------
+def test_registry_holds_the_classic_models():
+    assert {"mlp", "sharedbottom", "mmoe", "ple", "star", "deepfm", "dcnv2"} <= set(REGISTRY)
+    for name, info in REGISTRY.items():
+        assert info.paper, name
+        assert issubclass(info.cls, MDMTModel) and info.cls.registry_name == name
+        assert model_config(name) == info.cls.config_class()  # defaults build
+
+
+@pytest.mark.parametrize("per_domain", FIXTURES)
+@pytest.mark.parametrize("name", MODELS)
+def test_one_finite_logit_vector_per_task(name, per_domain):
+    spec, fm, batch = _setup(per_domain)
+    model = _build(name, spec, fm)
+    for mode in (True, False):
+        model.train(mode)
+        out = model(batch)
+        assert isinstance(out, ModelOutput)
+        assert set(out.logits) == set(spec.task_names)
+        for t, z in out.logits.items():
+            assert z.shape == (len(batch),), (t, z.shape)
+            assert torch.isfinite(z).all(), t
+        if out.aux_loss is not None:
+            assert out.aux_loss.dim() == 0 and torch.isfinite(out.aux_loss)
+
+
+@pytest.mark.parametrize("per_domain", FIXTURES)
+@pytest.mark.parametrize("name", MODELS)
+def test_gradients_reach_every_learnable_parameter(name, per_domain):
+    spec, fm, batch = _setup(per_domain)
+    model = _build(name, spec, fm)
+    model.train()
+    _loss(model, batch).backward()
+    stop = set(model.stop_gradient_params())
+    names = {n for n, _ in model.named_parameters()}
+    assert stop <= names, f"stop_gradient_params names unknown parameters: {sorted(stop - names)}"
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if n in stop:
+            assert p.grad is None or torch.all(p.grad == 0), f"{n} is stop-gradient but got a gradient"
+            continue
+        assert p.grad is not None, f"{n} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{n} has a non-finite gradient"
+        assert torch.any(p.grad != 0), f"{n} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("per_domain", FIXTURES)
+@pytest.mark.parametrize("name", MODELS)
+def test_outputs_depend_on_the_domain(name, per_domain):
+    spec, fm, batch = _setup(per_domain)
+    model = _build(name, spec, fm).eval()
+    moved = _with_domain(batch, (batch.domain + 1) % spec.num_domains)
+    with torch.no_grad():
+        a, again, b = _stack(model, model(batch)), _stack(model, model(batch)), _stack(model, model(moved))
+    assert torch.equal(a, again), "eval mode is not deterministic"
+    if per_domain or getattr(REGISTRY[name].cls, "domain_aware", True):
+        # per-domain tables (or a domain-aware model): every row's logits move with its domain
+        assert torch.all((a - b).abs().amax(dim=1) > 1e-7), "logits do not depend on batch.domain"
+    else:
+        assert torch.equal(a, b), "a model declared domain_aware=False reads batch.domain"
+
+
+@pytest.mark.parametrize("per_domain", FIXTURES)
+@pytest.mark.parametrize("name", MODELS)
+def test_seeded_golden_value(name, per_domain):
+    spec, fm, batch = _setup(per_domain)
+    with torch.no_grad():
+        m1 = _build(name, spec, fm).eval()
+        total = float(_stack(m1, m1(batch)).sum())
+        m2 = _build(name, spec, fm).eval()
+        assert float(_stack(m2, m2(batch)).sum()) == total, "same seed, different model"
+    key = (name, per_domain)
+    if key not in GOLDEN:  # a newly registered model: reproducible; its constant belongs in GOLDEN
+        warnings.warn(f"no golden value stored for {key}; add {key!r}: {total!r} to GOLDEN")
+        return
+    assert total == pytest.approx(GOLDEN[key], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_two_builds_from_one_schema_are_independent(name):
+    spec, fm, batch = _setup(True)
+    a, b = _build(name, spec, fm, seed=0), _build(name, spec, fm, seed=0)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for n in pa:
+        assert pa[n].data_ptr() != pb[n].data_ptr(), f"{n} is shared between two builds"
+    b.eval()
+    with torch.no_grad():
+        before = _stack(b, b(batch))
+        for p in a.parameters():
+            p.add_(1.0)
+        assert torch.equal(_stack(b, b(batch)), before)
+
+
+@pytest.mark.parametrize("per_domain", FIXTURES)
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_row_alone_equals_row_in_batch(name, per_domain):
+    spec, fm, batch = _setup(per_domain, size=12)
+    model = _build(name, spec, fm)
+    model.train()
+    with torch.no_grad():  # a few training passes, so running statistics are not at their init
+        for seed in range(3):
+            model(make_batch(spec, fm, size=12, seed=seed + 1))
+    model.eval()
+    with torch.no_grad():
+        full = _stack(model, model(batch))
+        for r in (0, 1, 5, 11):
+            alone = _stack(model, model(batch.slice(r, r + 1)))
+            assert torch.allclose(alone[0], full[r], atol=1e-5, rtol=1e-5), f"row {r} depends on its batch"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_trains(name):
+    spec, fm, batch = _setup(True)
+    model = _build(name, spec, fm)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = _loss(model, batch)
+        first = float(loss.detach()) if first is None else first
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        final = float(_loss(model, batch))
+    assert final < 0.5 * first, f"loss {first:.4f} -> {final:.4f}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_exports_with_a_dynamic_batch(name):
+    """DESIGN §7: forward is tensor ops only (no loops over rows, no .item(), no data-dependent
+    branches), so it exports with a symbolic batch size and scores another batch size the same."""
+    spec, fm, batch = _setup(True, size=8)
+    model = _build(name, spec, fm).eval()
+    class Scorer(nn.Module):
+        def __init__(self, m: MDMTModel) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, sparse, dense, domain, sequences, seq_lengths):
+            size = sparse.shape[0]
+            b = Batch(
+                sparse=sparse, dense=dense, domain=domain,
+                labels=torch.zeros(size, spec.num_tasks),
+                label_mask=torch.ones(size, spec.num_tasks, dtype=torch.bool),
+                group=torch.zeros(size, dtype=torch.long),
+                sequences=sequences, seq_lengths=seq_lengths,
+            )
+            return _stack(self.m, self.m(b))
+
+    def args(b: Batch):
+        return (b.sparse, b.dense, b.domain, dict(b.sequences), dict(b.seq_lengths))
+
+    B = torch.export.Dim("B", min=2)
+    rows = {0: B}
+    dynamic = (rows, rows, rows, {k: rows for k in batch.sequences}, {k: rows for k in batch.seq_lengths})
+    exported = torch.export.export(Scorer(model), args(batch), dynamic_shapes=dynamic)
+    other = make_batch(spec, fm, size=5, seed=7)
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(*args(other)), Scorer(model)(*args(other)), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations: backbones, variants, errors
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
+@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple"])
+def test_multitask_models_on_every_backbone(name, backbone):
+    spec, fm, batch = _setup(False, size=8)
+    params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}
+    model = _build(name, spec, fm, params=params)
+    assert type(model.backbone).__name__.lower().startswith({"none": "identity"}.get(backbone, backbone))
+    _loss(model, batch).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"structure": "stacked"},
+        {"low_rank": 4},
+        {"low_rank": 4, "cross_experts": 3, "structure": "stacked"},
+        {"deep_hidden": []},
+    ],
+)
+def test_dcnv2_variants(params):
+    spec, fm, batch = _setup(False, size=8)
+    model = _build("dcnv2", spec, fm, params=params)
+    _loss(model, batch).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
+
+
+@pytest.mark.parametrize("params", [{"num_levels": 1}, {"num_levels": 3, "specific_experts": 2, "shared_experts": 2},
+                                    {"specific_experts": 0}])
+def test_ple_variants(params):
+    spec, fm, batch = _setup(False, size=8)
+    model = _build("ple", spec, fm, params=params)
+    assert len(model.levels) == params.get("num_levels", 2)
+    _loss(model, batch).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
+
+
+def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
+    spec, fm, batch = _setup(False, size=6)
+    model = _build("mmoe", spec, fm).eval()
+    with torch.no_grad():
+        x = model.embeddings.flat_input(batch)
+        f = model.experts(x)  # [B, E, H]
+        w = model.gates.weights(x)  # [B, T, E]
+        mixed = torch.stack([sum(w[:, t, e : e + 1] * f[:, e] for e in range(f.shape[1])) for t in range(spec.num_tasks)], 1)
+        z = model.towers(mixed)[..., 0]
+        assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
+
+
+def test_star_partitioned_norm_updates_running_stats_only_in_training():
+    spec, fm, batch = _setup(False)
+    model = _build("star", spec, fm)
+    model.eval()
+    model(batch)
+    assert torch.equal(model.pn.running_mean, torch.zeros_like(model.pn.running_mean))
+    model.train()
+    model(batch)
+    rm = model.pn.running_mean
+    assert torch.all(rm.abs().sum(1) > 0)  # every domain of the batch moved
+    assert not torch.allclose(rm[0], rm[1])  # ... with its own rows' statistics
+
+
+def test_star_train_mode_uses_per_domain_batch_statistics():
+    spec, fm, batch = _setup(False)
+    model = _build("star", spec, fm).train()
+    with torch.no_grad():
+        full = _stack(model, model(batch))
+        dom0 = (batch.domain == 0).nonzero().flatten()
+        sub = _stack(model, model(batch.index(dom0)))  # same domain-0 rows, other domains removed
+    assert torch.allclose(full[dom0], sub, atol=1e-5)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="hiden"):
+        model_config("mmoe", {"hiden": [3]})
+    with pytest.raises(ConfigError, match="low_rank"):
+        model_config("dcnv2", {"cross_experts": 2})
+    with pytest.raises(ConfigError, match="backbone"):
+        model_config("sharedbottom", {"backbone": "transformer"})
+    spec = DatasetSpec(
+        name="mixed", features=[FeatureSpec(name="u"), FeatureSpec(name="i")],
+        tables=[TableSpec(name="u", dim=4, features=["u"]), TableSpec(name="i", dim=6, features=["i"])],
+        domain=DomainSpec(column="d", names=["a"]), tasks=[TaskSpec(name="y", label="y")],
+    )
+    fm = FeatureMap.layout_of(spec, vocabs={"u": ["1"], "i": ["1"]})
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("deepfm", spec, fm)
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("mmoe", spec, fm, {"backbone": "deepfm"})
