@@ -17,7 +17,8 @@ For each model (default: all of ``mdmt.models.REGISTRY``), on ``--rows`` synthet
 
 Reported per model: samples/s end to end and model only, the ratio of end-to-end to model-only
 step time (target ≤ 1.15), FLOPs per step, achieved FLOP/s and utilisation = achieved / peak, end
-to end and model only. Step times are the best of ``--repeats`` measurements of ``--steps`` steps.
+to end and model only. The two paths are timed step by step, interleaved (``--steps`` each, after
+``--warmup``), so both see the same machine load; step times are the medians.
 The machine is printed and saved with the results in ``benchmarks/results/train_throughput.json``.
 
 Run (from the repository root)::
@@ -29,8 +30,8 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -58,9 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows generated (train split ≈ 71%%)")
     p.add_argument("--preset", default="douyin", choices=["douyin", "kuaishou"])
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before measuring")
-    p.add_argument("--repeats", type=int, default=2, help="measurements per path; the best is kept")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per path (interleaved; medians kept)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each path before timing")
     p.add_argument("--models", default=None, help="comma-separated registered names (default: all)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cpu")
@@ -143,22 +143,20 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
         model_step()
     synchronize(device)
 
+    # interleave the two paths step by step, so both see the same machine load; keep medians
     e2e_times, model_times = [], []
-    for _ in range(max(1, args.repeats)):
+    for _ in range(args.steps):
         t0 = time.perf_counter()
-        extra = 0.0
-        for _ in range(args.steps):
-            extra += e2e_step()  # an epoch boundary inside the window is subtracted and amortised
+        epoch_start = e2e_step()  # an epoch boundary's shuffle is subtracted here, amortised below
         synchronize(device)
-        e2e_times.append((time.perf_counter() - t0 - extra) / args.steps)
+        e2e_times.append(time.perf_counter() - t0 - epoch_start)
         t0 = time.perf_counter()
-        for _ in range(args.steps):
-            model_step()
+        model_step()
         synchronize(device)
-        model_times.append((time.perf_counter() - t0) / args.steps)
+        model_times.append(time.perf_counter() - t0)
 
-    e2e_step_s = min(e2e_times) + gather_seconds / len(it)
-    model_step_s = min(model_times)
+    e2e_step_s = statistics.median(e2e_times) + gather_seconds / len(it)
+    model_step_s = statistics.median(model_times)
     flops = _flops_per_step(model, fixed, model.task_names)
     if has_valid_step:
         flops += _flops_per_step(model, fixed_valid, model.task_names)
@@ -169,6 +167,8 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
         "params": int(sum(p.numel() for p in model.parameters())),
         "has_valid_step": has_valid_step,
         "e2e_step_seconds": e2e_step_s,
+        "e2e_step_seconds_quartiles": _quartiles(e2e_times),
+        "model_step_seconds_quartiles": _quartiles(model_times),
         "model_step_seconds": model_step_s,
         "epoch_shuffle_seconds": gather_seconds,
         "steps_per_epoch": len(it),
@@ -179,6 +179,11 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
         "e2e_flops_per_sec": flops / e2e_step_s,
         "model_flops_per_sec": flops / model_step_s,
     }
+
+
+def _quartiles(x: list[float]) -> list[float]:
+    q = statistics.quantiles(x, n=4) if len(x) > 1 else [x[0]] * 3
+    return [float(v) for v in q]
 
 
 def _contiguous(batch: Any) -> Any:
@@ -282,7 +287,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "steps": args.steps,
             "warmup": args.warmup,
-            "repeats": args.repeats,
             "lr": args.lr,
             "device": str(device),
             "threads": torch.get_num_threads(),

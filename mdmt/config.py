@@ -58,7 +58,7 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(default=0, ge=0)
     step_gamma: float = Field(default=0.5, gt=0)
     grad_clip: float | None = None
-    patience: int = Field(default=2, ge=0)
+    patience: int = Field(default=2, ge=0)  # epochs without improvement before stopping; 0 = never stop early
     min_delta: float = 0.0
     monitor: Literal["avg_auc", "avg_gauc", "neg_logloss"] = "avg_auc"
     regime: Literal["mdmt", "mtl", "mdl", "cell"] = "mdmt"

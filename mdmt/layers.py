@@ -44,7 +44,8 @@ Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``prelu``)."""
-    return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}[name]()
+    kinds = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}
+    return kinds[name]()
 
 
 def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -388,7 +389,8 @@ class PartitionedNorm(nn.Module):
                 seen = count > 0
                 self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
                 unbiased = var * count / (count - 1.0).clamp(min=1.0)
-                self.running_var.copy_(torch.where(count > 1, (1 - m) * self.running_var + m * unbiased, self.running_var))
+                updated_var = (1 - m) * self.running_var + m * unbiased
+                self.running_var.copy_(torch.where(count > 1, updated_var, self.running_var))
             row_var = domain_select(var, domain)
         else:
             centred = x - domain_select(self.running_mean, domain)

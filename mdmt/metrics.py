@@ -256,6 +256,13 @@ def _segment_u(
     return _Segments(seg_key, seg_n.astype(np.int64), pos.astype(np.int64), u2.astype(np.int64))
 
 
+def _per_category_auc(seg: _Segments, K: int) -> np.ndarray:
+    """``[K]`` AUC per key ``0..K-1`` (NaN for keys without rows or with one class)."""
+    out = np.full(K, math.nan)
+    out[seg.key.astype(np.int64)] = seg.auc()
+    return out
+
+
 def _reason(n: int, pos: int, nonfinite: int) -> str | None:
     """Why a cell's AUC is NaN, or None when it is defined."""
     if n == 0:
@@ -903,9 +910,7 @@ def evaluate(
 
         order = _radix_order(s_ok)
         # AUC per domain
-        seg = _segment_u(y, s_ok, d, order)
-        auc_d = np.full(D, math.nan)
-        auc_d[seg.key.astype(np.int64)] = seg.auc()
+        auc_d = _per_category_auc(_segment_u(y, s_ok, d, order), D)
         # pooled AUC over all domains
         pooled_why = _reason(int(y.size), int(y.sum()), int(nonfin.sum()))
         task_auc[tname] = math.nan if pooled_why else float(_segment_u(y, s_ok, None, order).auc()[0])
@@ -923,8 +928,8 @@ def evaluate(
         if O is not None:
             o = O[rows, t]
             o_bad = _nonfinite(o)
-            oseg = _segment_u(y, np.where(o_bad, 0, o) if o_bad.any() else o, d)
-            oracle_d[oseg.key.astype(np.int64)] = oseg.auc()
+            o_ok = np.where(o_bad, 0, o) if o_bad.any() else o
+            oracle_d = _per_category_auc(_segment_u(y, o_ok, d), D)
             o_bad_d = np.bincount(d, weights=o_bad, minlength=D)
             oracle_d[o_bad_d > 0] = math.nan
 
@@ -932,19 +937,18 @@ def evaluate(
         for i, dname in enumerate(domain_names):
             why = reasons[i]
             gwhy = _gauc_reason(int(n_d[i]), why, int(groups[i]), int(used[i]))
-            nan_all = why is not None
             row_cells.append(
                 CellMetrics(
                     domain=dname,
                     task=tname,
                     n=int(n_d[i]),
                     positives=int(pos_d[i]),
-                    auc=math.nan if nan_all else float(auc_d[i]),
+                    auc=math.nan if why else float(auc_d[i]),
                     gauc=math.nan if gwhy else float(gw[i]),
                     gauc_unweighted=math.nan if gwhy else float(guw[i]),
                     gauc_coverage=math.nan if bad_d[i] else (float(gcov[i]) if n_d[i] else 0.0),
                     logloss=math.nan if (n_d[i] == 0 or bad_d[i]) else float(ll_d[i]),
-                    oracle_auc=math.nan if nan_all else float(oracle_d[i]),
+                    oracle_auc=float(oracle_d[i]),
                     reason=why,
                     gauc_reason=gwhy,
                 )

@@ -188,7 +188,8 @@ def test_fm_bi_interaction_equals_pairwise_sum():
     for b in range(3):
         pair = sum(v[b, i] * v[b, j] for i, j in itertools.combinations(range(5), 2))
         assert torch.allclose(out[b], pair, atol=1e-5)
-        assert torch.allclose(out[b].sum(), sum(torch.dot(v[b, i], v[b, j]) for i, j in itertools.combinations(range(5), 2)), atol=1e-5)
+        dots = sum(torch.dot(v[b, i], v[b, j]) for i, j in itertools.combinations(range(5), 2))
+        assert torch.allclose(out[b].sum(), dots, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -317,6 +317,22 @@ def test_evaluate_gauc_agrees_with_gauc_function() -> None:
     assert (c.gauc, c.gauc_unweighted, c.gauc_coverage) == pytest.approx((w, uw, cov), abs=1e-12)
 
 
+def test_evaluate_huge_group_ids_and_no_rows() -> None:
+    probs, labels, mask, domain, group, _ = _eval_data(7, n=1500)
+    huge = (group.astype(np.int64) * 7919 + 2**62) | (1 << 62)  # hashed ids near the int64 limit
+    huge[::5] = -1
+    r = evaluate(probs, labels, mask, domain, huge, TASKS, DOMAINS)
+    rows = (domain == 0) & mask[:, 0]
+    w, uw, cov = _sk_gauc(labels[rows, 0], probs[rows, 0], np.where(huge[rows] < 0, -1, group[rows]))
+    c = r.cell("young", "click")
+    assert abs(c.gauc - w) < 1e-9 and abs(c.gauc_unweighted - uw) < 1e-9 and abs(c.gauc_coverage - cov) < 1e-12
+
+    z = np.zeros((0, 3))
+    r0 = evaluate(z, z, z.astype(bool), np.zeros(0, np.int64), np.zeros(0, np.int64), TASKS, DOMAINS)
+    assert len(r0.cells) == 9 and all(c.reason == "no rows" for c in r0.cells)
+    assert math.isnan(r0.avg_auc) and math.isnan(r0.macro_task_auc)
+
+
 def test_evaluate_rejects_bad_input() -> None:
     probs, labels, mask, domain, group, _ = _eval_data(4, n=200)
     bad = labels.copy()

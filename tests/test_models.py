@@ -281,7 +281,7 @@ def test_dcnv2_variants(params):
 
 
 @pytest.mark.parametrize("params", [{"num_levels": 1}, {"num_levels": 3, "specific_experts": 2, "shared_experts": 2},
-                                    {"specific_experts": 0}])
+                                    {"specific_experts": 0, "shared_experts": 2}])
 def test_ple_variants(params):
     spec, fm, batch = _setup(False, size=8)
     model = _build("ple", spec, fm, params=params)
@@ -298,7 +298,8 @@ def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
         x = model.embeddings.flat_input(batch)
         f = model.experts(x)  # [B, E, H]
         w = model.gates.weights(x)  # [B, T, E]
-        mixed = torch.stack([sum(w[:, t, e : e + 1] * f[:, e] for e in range(f.shape[1])) for t in range(spec.num_tasks)], 1)
+        E, T = f.shape[1], spec.num_tasks
+        mixed = torch.stack([sum(w[:, t, e : e + 1] * f[:, e] for e in range(E)) for t in range(T)], dim=1)
         z = model.towers(mixed)[..., 0]
         assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
 

@@ -267,11 +267,11 @@ def test_changing_future_labels_changes_no_past_feature(data_dir: Path) -> None:
 def _write_tiny_100k(d: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     (d / "u.data").write_text("1\t1\t5\t100\n1\t2\t3\t101\n2\t1\t4\t100\n")
-    (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    (d / "u.user").write_bytes(b"1|24|M|technician|85711\r\n2|53|F|other|94043\r\n")  # CRLF is accepted
     flags_none = "|".join(["0"] * 19)
     flags_drama = "|".join(["1" if j in (8, 14) else "0" for j in range(19)])
     (d / "u.item").write_bytes(
-        f"1|Caf\xe9 (1995)|01-Jan-1995||http://x|{flags_drama}\n2|Nothing (1996)|01-Jan-1996||http://y|{flags_none}\n".encode("latin-1")
+        f"1|Caf\xe9 \x85 (1995)|01-Jan-1995||http://x|{flags_drama}\n2|Nothing (1996)|01-Jan-1996||http://y|{flags_none}\n".encode("latin-1")
     )
 
 
@@ -283,6 +283,9 @@ def test_tiny_official_format_and_genre_fallback(tmp_path: Path) -> None:
     assert genre == {1: "Drama", 2: "unknown"}  # first flag set; none set -> unknown
     assert raw.frame.filter(pl.col("user_id") == 2)["domain"].to_list() == ["age35+"]
     assert raw.meta["official_sha256_match"]["u.data"] is False
+    _, users, movies = read_movielens(tmp_path / "ml-100k", "ml-100k")
+    assert users["zip"].to_list() == ["85711", "94043"]
+    assert movies["title"].to_list() == ["Caf\xe9 \x85 (1995)", "Nothing (1996)"]  # latin-1, one line
 
 
 def test_bad_files_raise_clear_errors(tmp_path: Path) -> None:

@@ -368,3 +368,16 @@ def test_string_label_and_unknown_domain_and_empty_data():
         prepare(RawData(make_spec(), frame.head(0), "f.csv"), progress=False)
     with pytest.raises(DataError, match="'hist'.*list"):
         validate(RawData(make_spec(), frame.with_columns(hist=pl.lit("1|2")), "f.csv"))
+
+
+def test_stale_or_corrupt_cache_is_rebuilt(tmp_path):
+    raw = RawData(make_spec(), make_frame(100), "toy.csv")
+    good = prepare(raw, cache_dir=tmp_path, progress=False)
+    path = good.cache_path
+    (path / "meta.json").write_text("{not json")  # an interrupted or corrupt write
+    (path / "train" / "part-00000.parquet").write_bytes(b"garbage")
+    again = prepare(raw, cache_dir=tmp_path, progress=False)
+    assert again.cache_path == path and (path / "meta.json").is_file()
+    for s in ("train", "valid", "test"):
+        assert_batches_equal(good.splits[s], again.splits[s])
+    assert_batches_equal(good.splits["train"], prepare(raw, cache_dir=tmp_path, progress=False).splits["train"])

@@ -12,7 +12,7 @@ from mdmt.data.synthetic import (
     ORACLE_PREFIX,
     PRESETS,
     SyntheticConfig,
-    add_history_features,
+    _history_features,
     generate,
     oracle_auc,
 )
@@ -213,7 +213,7 @@ def test_history_features_exclude_rows_with_equal_timestamp(small):
     drop = [c for c in small.frame.columns if c.endswith("_prior") or c.startswith("seq_")]
     coarse = small.frame.drop(drop).with_columns((pl.col("timestamp") // 7200 * 7200).alias("timestamp"))
     prior = small.meta["prior_rates"]
-    out = add_history_features(
+    out = _history_features(
         coarse, user="user_id", item="item_id", timestamp="timestamp", domain="domain",
         tasks=tasks, sequences=seqs, seq_len=5, prior_rates=prior,
     )
@@ -231,7 +231,7 @@ def test_history_features_on_hand_made_frame():
             "like": [1, 1, 0, None, 1],
         }
     )
-    out = add_history_features(frame, user="u", item="i", timestamp="ts", tasks=["like"], sequences=["like"],
+    out = _history_features(frame, user="u", item="i", timestamp="ts", tasks=["like"], sequences=["like"],
                                seq_len=3, smoothing=1.0)
     assert out["seq_like"].to_list() == [[], [], [11, 10], [11, 10], []]
     assert out["user_count_prior"].to_list() == [0, 0, 2, 3, 0]
@@ -239,7 +239,7 @@ def test_history_features_on_hand_made_frame():
     assert out["user_like_rate_prior"].to_list() == pytest.approx([0, 0, 2 / 3, 2 / 4, 0])
     assert out["item_like_ctr_prior"].to_list() == pytest.approx([0, 0, 0, 0, 1 / 2])
     with pytest.raises(DataError, match="'nope'"):
-        add_history_features(frame, user="u", item="i", timestamp="nope", tasks=["like"])
+        _history_features(frame, user="u", item="i", timestamp="nope", tasks=["like"])
 
 
 # ---- oracle -----------------------------------------------------------------------------------

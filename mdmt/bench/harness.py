@@ -537,12 +537,17 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         print(f"bench {cfg.name}: {len(res.ran)} run(s) trained, {len(res.skipped)} reused from {Path(cfg.output_dir) / 'cells'}")
         paths = res.report
-    for name, p in paths.items():
+    for p in paths.values():
         print(f"wrote {p}")
-    md = paths.get("results.md")
-    if md is not None and not quiet:
-        print()
-        print(Path(md).read_text())
+    if not quiet:
+        from rich.console import Console
+
+        from .report import console_tables, grid_records, summarize
+
+        summaries = summarize(grid_records(cfg), cfg.baseline, "test", [e.label for e in cfg.entries])
+        con = Console()
+        for table in console_tables(summaries):
+            con.print(table)
     return 0
 
 

@@ -35,8 +35,10 @@ __all__ = [
     "markdown_dataset",
     "markdown_report",
     "write_report",
+    "grid_records",
     "write_benchmarks_md",
     "throughput_markdown",
+    "console_tables",
     "SIG_LEVEL",
 ]
 
@@ -112,10 +114,17 @@ def result_rows(records: Iterable[dict[str, Any]], splits: Sequence[str] = ("tes
                         "avg_logloss": _f(ev.avg_logloss),
                         "train_samples_per_sec": _f(rec.get("samples_per_sec")),
                         "train_seconds": _f(rec.get("train_seconds")),
-                        "best_epoch": int(rec.get("best_epoch", -1)),
+                        "best_epoch": _best_epoch(rec.get("best_epoch")),
                     }
                 )
     return rows
+
+
+def _best_epoch(v: Any) -> int | None:
+    """A run's best epoch; for a regime with several models (``{unit: epoch}``), the latest one."""
+    if isinstance(v, dict):
+        return max((int(x) for x in v.values()), default=None)
+    return None if v is None else int(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +301,8 @@ def summarize(
                 _compare(m.macro_task_auc, base.macro_task_auc)
                 _compare(m.avg_logloss, base.avg_logloss, higher_is_better=False)
                 if math.isfinite(m.avg_auc.mean) and math.isfinite(base.avg_auc.mean) and base.avg_auc.mean != 0.5:
-                    m.relaimpr = float(relaimpr(m.avg_auc.mean, base.avg_auc.mean))
+                    r = float(relaimpr(m.avg_auc.mean, base.avg_auc.mean))
+                    m.relaimpr = r if math.isfinite(r) else None
         out[ds] = summary
     return out
 
@@ -372,10 +382,23 @@ def _fmt_secs(x: float) -> str:
     return "—" if not math.isfinite(x) else f"{x:.1f}"
 
 
+#: above this many (domain, task) cells, per-cell LogLoss moves to its own table (same rows)
+WIDE_CELLS = 6
+
+
 def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str | None = None) -> str:
-    """The papers' layout for one data set: per-cell AUC, Avg AUC, task-pooled AUC, RelaImpr,
-    per-cell LogLoss, Avg LogLoss, training throughput; then (optionally) the ± std table."""
+    """The papers' layout for one data set.
+
+    Columns: model, regime, per-cell AUC, Avg AUC, task-pooled AUC, RelaImpr, per-cell LogLoss,
+    Avg LogLoss, (oracle gap when the data has an oracle), training samples/s and seconds. With
+    more than :data:`WIDE_CELLS` cells the per-cell LogLoss columns form a second table with the
+    same rows. An oracle row closes the AUC table when the data has one. ``with_std`` adds the
+    mean ± std table with the t-test p-values.
+    """
     seeds = sorted({x for m in s.models for x in m.seeds})
+    has_oracle = bool(s.oracle)
+    oracle_avg = (s.oracle_avg if s.oracle_avg is not None else _nanmean(s.oracle.values())) if has_oracle else None
+    wide = len(s.cells) > WIDE_CELLS
     out = [f"### {s.dataset} ({s.split} split)", ""]
     if data_desc:
         out += [f"Data: {data_desc}.", ""]
@@ -383,13 +406,12 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         f"Mean over seeds {', '.join(map(str, seeds))}. AUC and LogLoss in units of 10⁻² "
         f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**. "
         f"{BETTER} / {WORSE}: significantly better / worse than the baseline (two-sided paired t-test over "
-        f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column.",
+        f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column. — : undefined (a single class "
+        f"or no rows in that cell's test rows, or no baseline).",
         "",
     ]
     auc_cols = [f"{c} AUC" for c in s.cells]
     ll_cols = [f"{c} LogLoss" for c in s.cells]
-    header = ["Model", "Regime", *auc_cols, "Avg AUC ↑", "Task-pooled AUC ↑", "RelaImpr", *ll_cols,
-              "Avg LogLoss ↓", "Train samples/s", "Train s"]
     best_auc = {c: _best({m.label: m.cell_auc[c].mean for m in s.models if c in m.cell_auc}, True) for c in s.cells}
     best_ll = {c: _best({m.label: m.cell_logloss[c].mean for m in s.models if c in m.cell_logloss}, False) for c in s.cells}
     best_avg = _best({m.label: m.avg_auc.mean for m in s.models}, True)
@@ -404,38 +426,85 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
             txt = f"**{txt}**"
         return txt + (_mark(st) if mark else "")
 
+    def name(m: ModelSummary) -> str:
+        return m.label + (" (baseline)" if m.label == s.baseline else "")
+
+    header = ["Model", "Regime", *auc_cols, "Avg AUC ↑", "Task-pooled AUC ↑", "RelaImpr"]
+    if not wide:
+        header += ll_cols
+    header += ["Avg LogLoss ↓"]
+    if has_oracle:
+        header += ["Oracle gap ↓"]
+    header += ["Train samples/s", "Train s"]
     rows = []
     for m in s.models:
-        r = [m.label + (" (baseline)" if m.label == s.baseline else ""), m.regime]
+        r = [name(m), m.regime]
         r += [val(m.cell_auc.get(c), m.label in best_auc[c]) for c in s.cells]
         r += [val(m.avg_auc, m.label in best_avg), val(m.macro_task_auc, m.label in best_macro)]
         r += ["—" if m.relaimpr is None else f"{m.relaimpr:+.2f}%"]
-        r += [val(m.cell_logloss.get(c), m.label in best_ll[c], mark=False) for c in s.cells]
-        r += [val(m.avg_logloss, m.label in best_avg_ll), _fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
+        if not wide:
+            r += [val(m.cell_logloss.get(c), m.label in best_ll[c], mark=False) for c in s.cells]
+        r += [val(m.avg_logloss, m.label in best_avg_ll)]
+        if has_oracle:
+            gap = oracle_avg - m.avg_auc.mean if oracle_avg is not None else float("nan")
+            r += [_pct(gap)]
+        r += [_fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
         rows.append(r)
-    if s.oracle:
+    if has_oracle:
         r = ["*Oracle (true probabilities)*", "—"]
         r += [_pct(s.oracle.get(c)) for c in s.cells]
-        r += [_pct(s.oracle_avg if s.oracle_avg is not None else _nanmean(s.oracle.values())), "—", "—"]
-        r += ["—"] * len(s.cells) + ["—", "—", "—"]
+        r += [_pct(oracle_avg), "—", "—"]
+        r += ["—"] * (len(header) - len(r))
         rows.append(r)
     out.append(_table(header, rows))
-    if s.oracle:
-        out += ["", "The oracle row scores each row with the generator's true probability: the ceiling no model can beat."]
+    if has_oracle:
+        out += ["", "The oracle row scores every row with the generator's true probability: the ceiling no model "
+                "can beat. Oracle gap = oracle Avg AUC − the model's Avg AUC."]
+    if wide:
+        out += ["", "LogLoss per cell (units of 10⁻², mean over seeds):", ""]
+        rows_ll = [[name(m), *[val(m.cell_logloss.get(c), m.label in best_ll[c], mark=False) for c in s.cells],
+                    val(m.avg_logloss, m.label in best_avg_ll)] for m in s.models]
+        out.append(_table(["Model", *ll_cols, "Avg LogLoss ↓"], rows_ll))
     if with_std:
-        out += ["", f"Standard deviation over seeds (units of 10⁻²; p-value of the paired t-test vs {s.baseline} in brackets):", ""]
-        header2 = ["Model", *auc_cols, "Avg AUC", "Avg LogLoss"]
-        rows2 = []
-        for m in s.models:
-            def sd(st: Stat | None) -> str:
-                if st is None or not math.isfinite(st.mean):
-                    return "—"
-                txt = f"{100 * st.mean:.2f} ± {100 * st.std:.2f}" if math.isfinite(st.std) else f"{100 * st.mean:.2f}"
-                return txt + (f" (p={st.p:.3f})" if st.p is not None else "")
+        out += ["", f"Mean ± standard deviation over seeds (units of 10⁻²; p-value of the paired t-test against "
+                f"{s.baseline} in brackets):", ""]
 
-            rows2.append([m.label, *[sd(m.cell_auc.get(c)) for c in s.cells], sd(m.avg_auc), sd(m.avg_logloss)])
-        out.append(_table(header2, rows2))
+        def sd(st: Stat | None) -> str:
+            if st is None or not math.isfinite(st.mean):
+                return "—"
+            txt = f"{100 * st.mean:.2f} ± {100 * st.std:.2f}" if math.isfinite(st.std) else f"{100 * st.mean:.2f}"
+            return txt + (f" (p={st.p:.3g})" if st.p is not None else "")
+
+        rows2 = [[m.label, *[sd(m.cell_auc.get(c)) for c in s.cells], sd(m.avg_auc), sd(m.macro_task_auc),
+                  sd(m.avg_logloss)] for m in s.models]
+        out.append(_table(["Model", *auc_cols, "Avg AUC", "Task-pooled AUC", "Avg LogLoss"], rows2))
     return "\n".join(out)
+
+
+def console_tables(summaries: dict[str, DatasetSummary]) -> list[Any]:
+    """Compact ``rich`` tables (one per data set) of the headline figures, for the terminal."""
+    from rich.table import Table
+
+    tables = []
+    for ds, s in summaries.items():
+        oracle_avg = (s.oracle_avg if s.oracle_avg is not None else _nanmean(s.oracle.values())) if s.oracle else None
+        t = Table(title=f"{ds} ({s.split}) · ×10⁻² · baseline {s.baseline} · * / † p < {SIG_LEVEL}")
+        for col in ("Model", "Regime", "Avg AUC", "Task-pooled AUC", "RelaImpr", "Avg LogLoss", "Train samples/s"):
+            t.add_column(col, justify="left" if col in ("Model", "Regime") else "right")
+        if oracle_avg is not None:
+            t.add_column("Oracle gap", justify="right")
+        for m in s.models:
+            mark = _mark(m.avg_auc).replace("\\", "")
+            row = [m.label, m.regime, _pct(m.avg_auc.mean) + mark, _pct(m.macro_task_auc.mean),
+                   "—" if m.relaimpr is None else f"{m.relaimpr:+.2f}%", _pct(m.avg_logloss.mean),
+                   _fmt_rate(m.samples_per_sec)]
+            if oracle_avg is not None:
+                row.append(_pct(oracle_avg - m.avg_auc.mean))
+            t.add_row(*row)
+        if oracle_avg is not None:
+            t.add_row("oracle", "—", _pct(oracle_avg), "—", "—", "—", "—", "0.00", style="italic")
+        tables.append(t)
+    return tables
 
 
 def _reference_markdown(ref: BenchReference) -> str:
@@ -510,6 +579,26 @@ def markdown_report(
     return "\n".join(out).rstrip() + "\n"
 
 
+def grid_records(
+    cfg: BenchConfig, records: dict[CellKey, dict[str, Any]] | list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The run records of ``cfg``'s grid (default: read from ``<output_dir>/cells/``), in grid order.
+
+    Records of labels, data sets or seeds no longer in the config are left out.
+    """
+    if records is None:
+        recs = load_records(cfg.output_dir)
+    elif isinstance(records, dict):
+        recs = list(records.values())
+    else:
+        recs = list(records)
+    labels = [e.label for e in cfg.entries]
+    ds = list(cfg.datasets)
+    recs = [r for r in recs if r["label"] in labels and r["dataset"] in ds and int(r["seed"]) in cfg.seeds]
+    recs.sort(key=lambda r: (ds.index(r["dataset"]), labels.index(r["label"]), int(r["seed"])))
+    return recs
+
+
 def write_report(
     cfg: BenchConfig,
     records: dict[CellKey, dict[str, Any]] | list[dict[str, Any]] | None = None,
@@ -531,15 +620,8 @@ def write_report(
     from .plots import plot_seesaw
 
     out = Path(cfg.output_dir)
-    if records is None:
-        recs = load_records(out)
-    elif isinstance(records, dict):
-        recs = list(records.values())
-    else:
-        recs = list(records)
+    recs = grid_records(cfg, records)
     labels = [e.label for e in cfg.entries]
-    recs = [r for r in recs if r["label"] in labels and r["dataset"] in cfg.datasets and int(r["seed"]) in cfg.seeds]
-    recs.sort(key=lambda r: (list(cfg.datasets).index(r["dataset"]), labels.index(r["label"]), int(r["seed"])))
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if command is None:
@@ -639,8 +721,9 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     out = [
         f"Peak: `torch.mm` on 2048×2048 float32, best of {s.get('mm_repeats', '?')}: "
         f"**{(peak or 0) / 1e9:,.1f} GFLOP/s**. Rows: {s.get('rows', '?'):,} synthetic `{s.get('preset', 'douyin')}` rows; "
-        f"batch {s.get('batch_size', '?')}; {s.get('steps', '?')} timed steps per measurement "
-        f"(after {s.get('warmup', '?')} warm-up steps), best of {s.get('repeats', '?')}; device {s.get('device', 'cpu')}.",
+        f"batch {s.get('batch_size', '?')}; step times are medians of {s.get('steps', '?')} timed steps per path, "
+        f"the two paths interleaved (after {s.get('warmup', '?')} warm-up steps); device {s.get('device', 'cpu')}, "
+        f"{s.get('threads', '?')} threads.",
         "",
         "End to end = BatchIterator over the prepared train split → model → masked BCE → backward → "
         "optimizer step. Model only = the same step on one batch already in memory. FLOPs per step = "
@@ -708,10 +791,9 @@ def write_benchmarks_md(
         cmds.append(cmd)
         if meta.get("machine"):
             machines.append(machine_line(meta["machine"]))
-        recs = load_records(d)
-        labels = [e.label for e in cfg.entries]
-        recs = [r for r in recs if r["label"] in labels and r["dataset"] in cfg.datasets and int(r["seed"]) in cfg.seeds]
-        summaries = summarize(recs, cfg.baseline, "test", labels)
+        cfg = cfg.model_copy(update={"output_dir": str(d)})
+        recs = grid_records(cfg)
+        summaries = summarize(recs, cfg.baseline, "test", [e.label for e in cfg.entries])
         images = {}
         for ds in summaries:
             p = d / f"seesaw_{ds}.png"

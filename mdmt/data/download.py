@@ -10,8 +10,8 @@ a repackaged archive with identical files is accepted, a changed file is not).
 Example (offline, with a local archive)::
 
     >>> from pathlib import Path
-from typing import Any, BinaryIO
-    >>> path = download("file:///tmp/archive.zip", Path("/tmp/cache/archive.zip"), sha256=None)  # doctest: +SKIP
+    >>> src = Path("archive.zip").resolve().as_uri()  # doctest: +SKIP
+    >>> path = download(src, Path("cache") / "archive.zip", sha256=None, progress=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from .base import DataError
 

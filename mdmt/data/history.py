@@ -131,7 +131,7 @@ class _Order:
         """Per original row: sum of ``values`` over rows of the same key with a smaller timestamp."""
         ex = self.exclusive_cumsum(values)
         res = np.empty_like(ex[:-1])
-        res[self.order] = ex[np.arange(len(self.order))] - ex[self.key_start]
+        res[self.order] = ex[self.tie_start] - ex[self.key_start]
         return res
 
 

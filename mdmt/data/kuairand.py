@@ -94,7 +94,7 @@ USER_FEATURES: list[str] = [
 #: Video profile columns used as sparse features (``tag`` = first tag).
 VIDEO_FEATURES: list[str] = ["author_id", "video_type", "upload_type", "visible_status", "music_type", "tag"]
 
-_INT_LOG_COLUMNS = ["user_id", "video_id", "date", "hourmin", "time_ms", "tab"]
+_KEY_LOG_COLUMNS = ["user_id", "video_id", "date", "hourmin", "time_ms", "tab"]
 
 
 class KuaiRandConfig(StrictModel):
@@ -178,6 +178,11 @@ def _require(df: pl.DataFrame, path: Path, columns: list[str]) -> None:
 
 def _cast_int(df: pl.DataFrame, path: Path, col: str, allow_null: bool) -> pl.Series:
     """String column -> Int64 (values like ``"1"`` or ``"1.0"``); bad values name file, column, row."""
+    if df[col].null_count() == 0:
+        try:  # fast path: clean integer strings
+            return df[col].cast(pl.Int64).alias(col)
+        except pl.exceptions.InvalidOperationError:
+            pass
     raw = df[col].str.strip_chars()
     empty = raw.is_null() | (raw == "")
     num = raw.cast(pl.Float64, strict=False)
@@ -194,9 +199,9 @@ def _cast_int(df: pl.DataFrame, path: Path, col: str, allow_null: bool) -> pl.Se
 def read_logs(directory: str | Path, logs: list[str], tasks: list[str]) -> pl.DataFrame:
     """Read and concatenate the interaction logs.
 
-    Returns the columns :data:`LOG_COLUMNS` needed here: ``user_id, video_id, date, hourmin,
-    time_ms, tab`` (Int64, never null) and the behaviour columns of ``tasks`` (Int8, null where
-    the file has no value), plus ``log`` (the file name).
+    Returns every column of :data:`LOG_COLUMNS` as Int64 (``user_id, video_id, date, hourmin,
+    time_ms, tab`` never null; the others null where the file has no value), with the behaviour
+    columns of ``tasks`` as Int8 0/1, plus ``log`` (the file name).
 
     Raises:
         DataError: a file is missing (its path is named), lacks an official column, or holds a
@@ -210,14 +215,16 @@ def read_logs(directory: str | Path, logs: list[str], tasks: list[str]) -> pl.Da
             raise DataError(f"{path}: KuaiRand log file not found")
         df = _read_csv_strings(path)
         _require(df, path, LOG_COLUMNS)
-        cols = [_cast_int(df, path, c, allow_null=False) for c in _INT_LOG_COLUMNS]
-        for t in tasks:
-            s = _cast_int(df, path, t, allow_null=True)
-            bad = (~s.is_in([0, 1]) & s.is_not_null()).arg_true()
-            if len(bad):
-                i = int(bad[0])
-                raise DataError(f"{path}: column {t!r} data row {i + 1}: label {s[i]} is not 0 or 1")
-            cols.append(s.cast(pl.Int8))
+        cols = []
+        for c in LOG_COLUMNS:
+            s = _cast_int(df, path, c, allow_null=c not in _KEY_LOG_COLUMNS)
+            if c in tasks:
+                bad = (~s.is_in([0, 1]) & s.is_not_null()).arg_true()
+                if len(bad):
+                    i = int(bad[0])
+                    raise DataError(f"{path}: column {c!r} data row {i + 1}: label {s[i]} is not 0 or 1")
+                s = s.cast(pl.Int8)
+            cols.append(s)
         frames.append(pl.DataFrame(cols).with_columns(pl.lit(name).alias("log")))
     return pl.concat(frames, how="vertical")
 

@@ -134,7 +134,8 @@ def _read_fields(path: Path, sep: str, names: list[str], encoding: str = "latin-
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     text = path.read_bytes().decode(encoding)
-    lines = pl.Series("line", text.splitlines(), dtype=pl.String)
+    # split on "\n" only: str.splitlines would also break on latin-1 control characters (0x85...)
+    lines = pl.Series("line", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
     line_no = pl.Series("line_no", np.arange(1, len(lines) + 1))
     df = pl.DataFrame([lines, line_no]).filter(pl.col("line").str.len_bytes() > 0)
     parts = df["line"].str.split(sep)

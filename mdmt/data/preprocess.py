@@ -320,6 +320,8 @@ def split_frame(raw: RawData) -> dict[str, pl.DataFrame]:
     spec, frame, source = raw.spec, raw.frame, raw.source
     sp = spec.split
     n = frame.height
+    split_cols = [c for c in _required_columns(spec, labels=False) if c[1] in ("timestamp", "split.order_by column", "split column")]
+    _check_columns(frame, split_cols, source)
     if sp.method == "column":
         assert sp.column is not None
         vals = frame[sp.column].cast(pl.String)
@@ -370,11 +372,15 @@ def _vocab_groups(spec: DatasetSpec) -> dict[str, list[FeatureSpec]]:
     return groups
 
 
-def _id_strings(frame: pl.DataFrame, f: FeatureSpec) -> pl.Series:
+def _id_counts(frame: pl.DataFrame, f: FeatureSpec) -> pl.DataFrame:
+    """``value`` (raw id as a string) and ``count`` of one id feature's non-null ids."""
     s = frame[f.raw_column]
     if f.kind == "sequence":
         s = s.explode(empty_as_null=False, keep_nulls=False)
-    return s.cast(pl.String).drop_nulls().rename("value")
+    s = s.drop_nulls().rename("value")
+    # count on the native type, then cast only the distinct values to strings
+    vc = s.value_counts(name="count")
+    return vc.select(pl.col("value").cast(pl.String), pl.col("count").cast(pl.Int64))
 
 
 def _finite(s: pl.Series) -> np.ndarray:
@@ -393,14 +399,13 @@ def fit_feature_map(train: pl.DataFrame, spec: DatasetSpec) -> FeatureMap:
       ``standard``: mean/std; ``log_standard``: mean/std of ``log1p(max(x, 0))``; ``minmax``:
       min/max; ``bucketize``: ``buckets`` quantile cut points (deduplicated); min/max always.
     """
+    _check_columns(train, _required_columns(spec, labels=False, split=False), "<train split>")
+    _check_kinds(train, spec, "<train split>")
     fm_vocabs: dict[str, list[str]] = {}
     for vocab, feats in _vocab_groups(spec).items():
         min_count = max(f.min_count for f in feats)
-        ids = pl.concat([_id_strings(train, f) for f in feats])
-        if len(ids) == 0:
-            fm_vocabs[vocab] = []
-            continue
-        vc = ids.value_counts(name="count")
+        counts = pl.concat([_id_counts(train, f) for f in feats])
+        vc = counts.group_by("value").agg(pl.col("count").sum()) if len(feats) > 1 else counts
         vc = vc.filter(pl.col("count") >= min_count).sort(["count", "value"], descending=[True, False])
         fm_vocabs[vocab] = vc["value"].to_list()
     stats: dict[str, DenseStats] = {}
@@ -490,13 +495,15 @@ def _encode_sequence(s: pl.Series, max_len: int, index: _VocabIndex) -> tuple[np
     lengths = head.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = head.explode(empty_as_null=False, keep_nulls=False)
     ids = index(flat).to_numpy().astype(np.int64, copy=False)
-    out = np.zeros((n, max_len), dtype=np.int64)
-    if len(ids):
-        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        starts = np.cumsum(lengths) - lengths
-        pos = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
-        out[rows, pos] = ids
-    return out, lengths
+    return _scatter_left(ids, lengths, max_len), lengths
+
+
+def _scatter_left(values: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Flat values of consecutive rows -> ``[N, max_len]`` left-aligned, 0-padded (C-order mask fill)."""
+    out = np.zeros((len(lengths), max_len), dtype=np.int64)
+    if len(values):
+        out[np.arange(max_len)[None, :] < lengths[:, None]] = values
+    return out
 
 
 def _encode_group(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -510,7 +517,7 @@ def _encode_group(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
     s = frame[col]
     if not (s.dtype.is_numeric() or s.dtype == pl.String):
         s = s.cast(pl.String)
-    r = s.rank("dense").cast(pl.Int64).clip(0, 0)
+    r = s.rank("dense").cast(pl.Int64) - 1
     return np.array(r.fill_null(-1).to_numpy(), dtype=np.int64)
 
 
@@ -655,13 +662,9 @@ def batch_from_arrow(table: pa.Table, fm: FeatureMap) -> Batch:
         arr = table.column(name).combine_chunks() if n else pa.array([], type=pa.large_list(pa.int64()))
         ln = np.array(arr.value_lengths().fill_null(0).to_numpy(), dtype=np.int64)
         vals = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-        out = np.zeros((n, max_len), dtype=np.int64)
-        if len(vals):
-            rows = np.repeat(np.arange(n, dtype=np.int64), ln)
-            starts = np.cumsum(ln) - ln
-            pos = np.arange(len(vals), dtype=np.int64) - np.repeat(starts, ln)
-            out[rows, pos] = vals
-        seqs[name], lens[name] = torch.from_numpy(out), torch.from_numpy(ln)
+        if n and int(ln.max()) > max_len:
+            raise DataError(f"encoded column {name!r} holds sequences longer than max_len={max_len}")
+        seqs[name], lens[name] = torch.from_numpy(_scatter_left(vals, ln, max_len)), torch.from_numpy(ln)
     labels = np.zeros((n, spec.num_tasks), dtype=np.float32)
     mask = np.zeros((n, spec.num_tasks), dtype=bool)
     for j, t in enumerate(spec.tasks):
@@ -718,7 +721,13 @@ def fingerprint(raw: RawData, shard_rows: int = SHARD_ROWS) -> str:
     }
     h.update(json.dumps(header, sort_keys=True, default=str).encode())
     if frame.height:
-        h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
+        try:
+            h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
+        except pl.exceptions.PolarsError:  # a dtype hash_rows does not support: hash the serialised frame
+            try:
+                h.update(frame.write_ipc(None).getvalue())
+            except Exception as err:
+                raise DataError(f"{raw.source}: cannot fingerprint the frame for caching: {err}") from None
     return h.hexdigest()
 
 
@@ -776,8 +785,11 @@ def _write_cache(
     fm.save(tmp / "feature_map.json")
     meta = dict(meta, shards=shards, complete=True)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    if final.exists():
-        shutil.rmtree(final)
+    if _cache_valid(final, meta["hash"]):  # another process (e.g. another DDP rank) finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if final.exists():  # a stale, incomplete directory
+        shutil.rmtree(final, ignore_errors=True)
     try:
         tmp.rename(final)
     except OSError:  # another process won the race; its cache is equivalent

@@ -122,7 +122,7 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
         pl.len().alias("rows"),
         pl.col(ucol).n_unique().alias("users"),
         pl.col(icol).n_unique().alias("items"),
-        *[pl.col(c).cast(pl.Float64).fill_null(0).mean().alias(f"rate::{c}") for c in labels],
+        *[pl.col(c).cast(pl.Float64).mean().alias(f"rate::{c}") for c in labels],
         *[pl.col(c).is_not_null().sum().alias(f"obs::{c}") for c in labels],
     )
     per_rows = {r["__domain"]: r for r in per.iter_rows(named=True)}

@@ -52,7 +52,7 @@ Generative process
    ``O(1 / sqrt(positives))`` in logit: negligible for the oracle.
 6. **Oracle.** ``__oracle_<task> = sigmoid(logit_t)`` is the true probability of each label
    (registered in :attr:`RawData.oracle`, never a feature).
-7. **History features** (:func:`add_history_features`): per-task user and item positive rates,
+7. **History features**: per-task user and item positive rates,
    impression counts and behaviour sequences, computed from events strictly **before** the row's
    timestamp (rows sharing a timestamp never see each other), so no label leaks into a feature.
 
@@ -87,7 +87,6 @@ __all__ = [
     "PRESETS",
     "generate",
     "oracle_auc",
-    "add_history_features",
     "ORACLE_PREFIX",
 ]
 
@@ -389,7 +388,7 @@ class _Before:
         return self.unsort(c[self.first_tie] - c[self.first_key])
 
 
-def add_history_features(
+def _history_features(
     frame: pl.DataFrame,
     *,
     user: str,
@@ -429,12 +428,17 @@ def add_history_features(
     """
     for c in [user, item, timestamp, *tasks, *(sequences or []), *([domain] if domain else [])]:
         if c not in frame.columns:
-            raise DataError(f"add_history_features: column {c!r} is missing (have {frame.columns})")
+            raise DataError(f"_history_features: column {c!r} is missing (have {frame.columns})")
     if frame.height == 0:
-        raise DataError("add_history_features: the frame has no rows")
-    ts = frame[timestamp].cast(pl.Int64).to_numpy()
+        raise DataError("_history_features: the frame has no rows")
     if frame[timestamp].null_count():
-        raise DataError(f"add_history_features: column {timestamp!r} has nulls")
+        raise DataError(f"_history_features: column {timestamp!r} has nulls")
+    ts_col = frame[timestamp]
+    if ts_col.dtype.is_temporal():
+        ts_col = ts_col.to_physical()
+    if not ts_col.dtype.is_numeric():
+        raise DataError(f"_history_features: column {timestamp!r} is {ts_col.dtype}, not a number or a time")
+    ts = ts_col.to_numpy()
     labels = np.stack(
         [frame[t].cast(pl.Float64).fill_null(0.0).to_numpy() for t in tasks], axis=1
     ) if tasks else np.zeros((frame.height, 0))
@@ -451,8 +455,9 @@ def add_history_features(
     if domain is not None:
         dom_code = _dense_codes(frame, [domain])
         nd = int(dom_code.max()) + 1
-        cols.append(pl.Series("user_domain_count_prior", _Before.of(user_code * nd + dom_code, ts).count(), dtype=pl.Int64))
-        cols.append(pl.Series("item_domain_count_prior", _Before.of(item_code * nd + dom_code, ts).count(), dtype=pl.Int64))
+        for name, code in (("user", user_code), ("item", item_code)):
+            before = _Before.of(code * nd + dom_code, ts).count()
+            cols.append(pl.Series(f"{name}_domain_count_prior", before, dtype=pl.Int64))
     if tasks:
         u_pos = by_user.sums(labels)
         i_pos = by_item.sums(labels)
@@ -465,9 +470,10 @@ def add_history_features(
     if sequences:
         items = frame[item].to_numpy()
         if frame[item].null_count():
-            raise DataError(f"add_history_features: column {item!r} has nulls")
+            raise DataError(f"_history_features: column {item!r} has nulls")
         for b in sequences:
-            cols.append(_sequence(by_user, frame[b].cast(pl.Int8).fill_null(0).to_numpy(), items, seq_len, f"seq_{b}"))
+            positive = frame[b].cast(pl.Float64).fill_null(0.0).to_numpy() > 0
+            cols.append(_sequence(by_user, positive, items, seq_len, f"seq_{b}"))
     return frame.with_columns(cols)
 
 
@@ -544,6 +550,8 @@ def generate(cfg: SyntheticConfig) -> RawData:
     rows_per_dom = _round_counts(np.array([preset.instance_share[d] for d in doms]), n_rows)
     for j, d in enumerate(doms):
         need = max(int(user_member[:, j].sum()), int(item_member[:, j].sum()))
+        if min(int(user_member[:, j].sum()), int(item_member[:, j].sum())) == 0:
+            raise ConfigError(f"{src}: domain {d!r} gets no users or no items; raise num_users / num_items")
         if rows_per_dom[j] < need:
             raise ConfigError(
                 f"{src}: domain {d!r} gets {rows_per_dom[j]} rows but has {int(user_member[:, j].sum())} member "
@@ -663,7 +671,7 @@ def generate(cfg: SyntheticConfig) -> RawData:
         cols[t] = pl.Series(t, labels[:, i], dtype=pl.Int8)
     frame = pl.DataFrame(list(cols.values()))
     prior = {t: float(np.mean([preset.rates[d][t] for d in doms])) for t in tasks}
-    frame = add_history_features(
+    frame = _history_features(
         frame, user="user_id", item="item_id", timestamp="timestamp", domain="domain",
         tasks=list(tasks), sequences=seq_behaviours, seq_len=cfg.seq_len, prior_rates=prior,
     )
@@ -770,13 +778,16 @@ def oracle_auc(raw: RawData) -> dict[tuple[str, str], float]:
     """
     if not raw.oracle:
         raise DataError(f"{raw.source}: no oracle columns; oracle AUC needs synthetic data")
-    spec, frame = raw.spec, raw.frame
+    from .stats import _domain_expr  # the one place that maps raw domain values to names
+
+    spec = raw.spec
+    frame = raw.frame.with_columns(_domain_expr(spec).alias("__domain"))
     out: dict[tuple[str, str], float] = {}
     for task in spec.tasks:
         col = raw.oracle.get(task.name)
         if col is None:
             continue
         for d in spec.domain_names:
-            part = frame.filter((pl.col(spec.domain.column) == d) & pl.col(task.label).is_not_null())
+            part = frame.filter((pl.col("__domain") == d) & pl.col(task.label).is_not_null())
             out[(d, task.name)] = _rank_auc(part[task.label].to_numpy(), part[col].to_numpy())
     return out

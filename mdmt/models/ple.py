@@ -76,7 +76,15 @@ class CGCLevel(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, num_tasks: int, specific: int, shared: int, hidden: list[int], last: bool, dropout: float, act: str
+        self,
+        in_dim: int,
+        num_tasks: int,
+        specific: int,
+        shared: int,
+        hidden: list[int],
+        last: bool,
+        dropout: float = 0.0,
+        act: str = "relu",
     ) -> None:
         super().__init__()
         T, m, s = num_tasks, specific, shared

@@ -233,6 +233,10 @@ class Trainer:
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def _should_stop(self, bad_epochs: int) -> bool:
+        """Stop after ``patience`` epochs in a row without improvement (``patience=0``: never)."""
+        return self.cfg.patience > 0 and bad_epochs >= self.cfg.patience
+
     # ---- the loop ---------------------------------------------------------------------------
     def fit(self, train: Batch, valid: Batch, resume: bool = False, progress: Callable | None = None) -> FitResult:
         """Train with early stopping on ``score_fn(valid)``, then restore the best weights.
@@ -268,7 +272,7 @@ class Trainer:
             bad_epochs = history[-1].get("bad_epochs", 0)
         self.model.train()
         for epoch in range(start_epoch, c.epochs):
-            if bad_epochs > c.patience:
+            if self._should_stop(bad_epochs):
                 break
             it.set_epoch(epoch)
             valid_iter = None
@@ -327,9 +331,9 @@ class Trainer:
                 progress("epoch", **rec)
             if last is not None:
                 state = self._state(epoch, best, history)
-                state["stopped"] = bad_epochs > c.patience
+                state["stopped"] = self._should_stop(bad_epochs)
                 atomic_save(state, last)
-            if bad_epochs > c.patience:
+            if self._should_stop(bad_epochs):
                 break
         if best["state"] is not None:  # restore the best epoch, never the last
             self.model.load_state_dict(best["state"])
