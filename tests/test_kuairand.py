@@ -222,7 +222,7 @@ def test_default_paths_under_data_dir(tmp_path: Path, data_dir: Path, monkeypatc
     # profiles found in <data_dir>/kuairand-pure-features when absent beside the logs
     (root / "kuairand-pure-features").mkdir()
     for name in ("user_features_pure.csv", "video_features_basic_pure.csv"):
-        (root / "kuairand-pure-features" / name).symlink_to(feats / name)
+        (root / "kuairand-pure-features" / name).symlink_to((feats / name).resolve())
     monkeypatch.setenv("MDMT_DATA_DIR", str(root))
     raw = load(KuaiRandConfig(cache_dir=str(tmp_path / "cache")))
     assert raw.meta["log_dir"] == str(root / "KuaiRand-Pure" / "data")

@@ -381,3 +381,24 @@ def test_stale_or_corrupt_cache_is_rebuilt(tmp_path):
     for s in ("train", "valid", "test"):
         assert_batches_equal(good.splits[s], again.splits[s])
     assert_batches_equal(good.splits["train"], prepare(raw, cache_dir=tmp_path, progress=False).splits["train"])
+
+
+def test_float_ids_and_integer_sequences_share_keys():
+    """An id column read as float (nulls written by another tool) matches the same ids as integers."""
+    spec = make_spec(features=[FeatureSpec(name="item_id"), FeatureSpec(name="hist", kind="sequence", vocab="item_id", max_len=2)])
+    frame = pl.DataFrame(
+        {
+            "item_id": [10.0, None, 11.0, 2.5],
+            "hist": [[11], [10, 11], [], [10]],
+            "dom": ["d0"] * 4,
+            "y_click": [1, 0, 1, 0],
+            "y_buy": [0, 0, 1, 1],
+        }
+    )
+    fm = fit_feature_map(frame, spec)
+    assert fm.vocabs["item_id"] == ["10", "11", "2.5"]  # 10 and 11 counted 3 times each, across both columns
+    b = encode(frame, fm)
+    assert b.sparse[:, 0].tolist() == [2, OOV, 3, 4]
+    assert b.sequences["hist"].tolist() == [[3, 0], [2, 3], [0, 0], [2, 0]]
+    ints = encode(frame.with_columns(pl.col("item_id").fill_null(99).cast(pl.Int64, strict=False)), fm)
+    assert ints.sparse[:, 0].tolist() == [2, OOV, 3, OOV]  # the integer column finds 10 and 11; 99 is unseen

@@ -203,11 +203,13 @@ def _domain_lookup(spec: DatasetSpec) -> dict[str, int]:
 
 
 def _as_key_strings(s: pl.Series) -> pl.Series:
-    """A column as strings, floats holding whole numbers written as integers (1.0 -> "1")."""
+    """Raw ids or domain values as their key text. A float holding a whole number is written as
+    the integer (``1.0`` -> ``"1"``), value by value, so an id read as float (a column with
+    nulls from another tool) and the same id read as integer are one key."""
     if s.dtype.is_float():
-        nonnull = s.drop_nulls()
-        if len(nonnull) == 0 or bool(((nonnull == nonnull.round(0)) & nonnull.is_finite()).all()):
-            s = s.cast(pl.Int64, strict=False)
+        as_int = s.cast(pl.Int64, strict=False)
+        whole = ((s == s.round(0)) & s.is_finite() & as_int.is_not_null()).fill_null(False)
+        return as_int.cast(pl.String).zip_with(whole, s.cast(pl.String))
     return s.cast(pl.String)
 
 
@@ -378,9 +380,9 @@ def _id_counts(frame: pl.DataFrame, f: FeatureSpec) -> pl.DataFrame:
     if f.kind == "sequence":
         s = s.explode(empty_as_null=False, keep_nulls=False)
     s = s.drop_nulls().rename("value")
-    # count on the native type, then cast only the distinct values to strings
+    # count on the native type, then turn only the distinct values into key text
     vc = s.value_counts(name="count")
-    return vc.select(pl.col("value").cast(pl.String), pl.col("count").cast(pl.Int64))
+    return pl.DataFrame({"value": _as_key_strings(vc["value"]), "count": vc["count"].cast(pl.Int64)})
 
 
 def _finite(s: pl.Series) -> np.ndarray:
@@ -405,7 +407,7 @@ def fit_feature_map(train: pl.DataFrame, spec: DatasetSpec) -> FeatureMap:
     for vocab, feats in _vocab_groups(spec).items():
         min_count = max(f.min_count for f in feats)
         counts = pl.concat([_id_counts(train, f) for f in feats])
-        vc = counts.group_by("value").agg(pl.col("count").sum()) if len(feats) > 1 else counts
+        vc = counts.group_by("value").agg(pl.col("count").sum())
         vc = vc.filter(pl.col("count") >= min_count).sort(["count", "value"], descending=[True, False])
         fm_vocabs[vocab] = vc["value"].to_list()
     stats: dict[str, DenseStats] = {}
@@ -456,7 +458,7 @@ class _VocabIndex:
             s = s.cast(pl.Int64)
         else:
             old, new = self.keys, self.codes
-            s = s.cast(pl.String)
+            s = _as_key_strings(s)
         if len(old) == 0:
             return pl.Series(s.name, np.full(len(s), OOV, dtype=np.int64))
         return s.replace_strict(old, new, default=OOV, return_dtype=pl.Int64).fill_null(OOV)

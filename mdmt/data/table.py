@@ -25,11 +25,11 @@ from pathlib import Path
 
 import polars as pl
 
-from ..schema import DatasetSpec, StrictModel, load_yaml
+from ..schema import ConfigError, DatasetSpec, StrictModel, load_yaml
 from .base import DataError, RawData
 from .preprocess import validate
 
-__all__ = ["TableConfig", "load", "SEQUENCE_SEPARATOR"]
+__all__ = ["TableConfig", "load", "parse_sequences", "SEQUENCE_SEPARATOR"]
 
 #: separator of the ids of a sequence written as one CSV cell
 SEQUENCE_SEPARATOR = "|"
@@ -56,6 +56,11 @@ with warnings.catch_warnings():
         separator: str = ","
 
 
+class _NotFound(Exception):
+    def __init__(self, what: str, tried: list[str]) -> None:
+        super().__init__(f"{what} not found: tried {', '.join(tried)}")
+
+
 def _resolve(path: str, data_dir: str | None, what: str) -> Path:
     p = Path(path).expanduser()
     if p.exists():
@@ -69,20 +74,20 @@ def _resolve(path: str, data_dir: str | None, what: str) -> Path:
     raise _NotFound(what, tried)
 
 
-class _NotFound(Exception):
-    def __init__(self, what: str, tried: list[str]) -> None:
-        super().__init__(f"{what} not found: tried {', '.join(tried)}")
+def parse_sequences(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Turn ``"a|b|c"`` string columns of sequence features into list columns, most recent first.
 
-
-def _parse_sequences(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """Turn ``"a|b|c"`` string columns of sequence features into list columns (integers when every id is one)."""
+    Spaces around ids are dropped and an empty or null cell is an empty list. The ids become
+    integers when every one of them is; otherwise they stay strings. Columns that are already
+    lists are left alone (also used to read rows to score from CSV).
+    """
     cols = []
     for f in spec.sequence_features():
         c = f.raw_column
         if c not in frame.columns or frame[c].dtype != pl.String:
             continue
-        parts = pl.col(c).fill_null("").str.strip_chars().str.split(SEQUENCE_SEPARATOR).list.eval(pl.element().str.strip_chars())
-        parts = parts.list.eval(pl.element().filter(pl.element() != ""))
+        parts = pl.col(c).fill_null("").str.split(SEQUENCE_SEPARATOR)
+        parts = parts.list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
         lists = frame.select(parts.alias(c))[c]
         try:
             lists = lists.cast(pl.List(pl.Int64))
@@ -126,8 +131,6 @@ def load(cfg: TableConfig, data_dir: str | None = None) -> RawData:
             the schema (missing columns with a close-name suggestion, bad labels, unknown domains).
         ConfigError: the schema file is missing or invalid (naming the key and the file).
     """
-    from ..schema import ConfigError
-
     try:
         schema_path = _resolve(cfg.schema, data_dir, "schema file")
     except _NotFound as err:
@@ -137,7 +140,7 @@ def load(cfg: TableConfig, data_dir: str | None = None) -> RawData:
         path = _resolve(cfg.path, data_dir, "data table")
     except _NotFound as err:
         raise DataError(str(err)) from None
-    frame = _parse_sequences(_read(path, cfg, spec), spec)
+    frame = parse_sequences(_read(path, cfg, spec), spec)
     raw = RawData(spec=spec, frame=frame, source=str(path), meta={"path": str(path), "schema": str(schema_path)})
     validate(raw)
     return raw

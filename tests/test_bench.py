@@ -1,0 +1,467 @@
+"""Benchmark harness: config strictness, aggregation over seeds, t-test marks, the papers' table
+layout, the seesaw matrix and heatmaps, resume bookkeeping, an end-to-end tiny grid (with an
+interrupted run resumed), BENCHMARKS.md generation and the training-throughput script."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mdmt.bench import (
+    BenchConfig,
+    BenchEntry,
+    CellKey,
+    cell_experiment,
+    cell_path,
+    completed_cells,
+    fingerprint,
+    grid_keys,
+    load_bench_config,
+    run_bench,
+)
+from mdmt.bench.harness import _validate_models, read_cell, slugify, write_json_atomic
+from mdmt.bench.plots import cell_grid, plot_cell_heatmap, plot_seesaw
+from mdmt.bench.report import (
+    markdown_dataset,
+    result_rows,
+    seesaw_matrix,
+    summarize,
+    write_benchmarks_md,
+    write_report,
+)
+from mdmt.config import DataConfig, TrainConfig
+from mdmt.metrics import CellMetrics, EvalResult
+from mdmt.schema import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CELLS = [("d0", "click"), ("d0", "like"), ("d1", "click"), ("d1", "like")]
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-built records
+# ---------------------------------------------------------------------------------------------
+
+
+def _eval(aucs: list[float], lls: list[float], oracle: list[float] | None = None) -> dict:
+    cells = [
+        CellMetrics(domain=d, task=t, n=100, positives=30, auc=a, gauc=a, gauc_unweighted=a, gauc_coverage=1.0,
+                    logloss=ll, oracle_auc=(oracle[i] if oracle else math.nan), reason=None)
+        for i, ((d, t), a, ll) in enumerate(zip(CELLS, aucs, lls))
+    ]
+    return EvalResult(
+        cells=cells,
+        avg_auc=float(np.mean(aucs)),
+        avg_gauc=float(np.mean(aucs)),
+        avg_logloss=float(np.mean(lls)),
+        task_auc={"click": float(np.mean(aucs[0::2])), "like": float(np.mean(aucs[1::2]))},
+        macro_task_auc=float(np.mean(aucs)),
+        avg_oracle_auc=float(np.mean(oracle)) if oracle else math.nan,
+    ).to_dict()
+
+
+def _rec(label: str, seed: int, aucs: list[float], lls: list[float], oracle=None, dataset="toy", sps=1000.0) -> dict:
+    ev = _eval(aucs, lls, oracle)
+    return {"format": 1, "bench": "t", "dataset": dataset, "label": label, "model": "mlp", "regime": "mdmt",
+            "seed": seed, "test": ev, "valid": ev, "samples_per_sec": sps, "train_seconds": 2.0, "best_epoch": 1}
+
+
+SEEDS = [0, 1, 2, 3]
+BASE = {  # per cell, per seed
+    0: [0.70, 0.71, 0.72, 0.73],
+    1: [0.65, 0.66, 0.64, 0.67],
+    2: [0.60, 0.62, 0.61, 0.63],
+    3: [0.75, 0.74, 0.76, 0.77],
+}
+DELTA = {  # model - base: significantly better, significantly worse, noise, identical
+    0: [0.020, 0.021, 0.019, 0.022],
+    1: [-0.030, -0.031, -0.029, -0.032],
+    2: [0.010, -0.010, 0.020, -0.020],
+    3: [0.0, 0.0, 0.0, 0.0],
+}
+
+
+def _records(oracle: bool = False) -> list[dict]:
+    recs = []
+    orc = [0.9, 0.8, 0.85, 0.95] if oracle else None
+    for i, s in enumerate(SEEDS):
+        base = [BASE[c][i] for c in range(4)]
+        model = [BASE[c][i] + DELTA[c][i] for c in range(4)]
+        recs.append(_rec("Base", s, base, [0.5, 0.4, 0.3, 0.2], orc, sps=100.0))
+        recs.append(_rec("Model", s, model, [0.45, 0.42, 0.3, 0.2], orc, sps=300.0))
+    return recs
+
+
+def _table_rows(md: str, first_header: str = "| Model | Regime") -> tuple[list[str], dict[str, list[str]]]:
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(first_header))
+    header = [c.strip() for c in lines[i].strip("|").split("|")]
+    rows = {}
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return header, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+
+def _cfg(tmp_path: Path, **kw) -> BenchConfig:
+    base = dict(
+        name="t",
+        datasets={"toy": DataConfig(source="synthetic", params={"preset": "douyin", "rows": 3000})},
+        entries=[BenchEntry(label="MLP", model="mlp", regime="cell"), BenchEntry(label="MMoE", model="mmoe")],
+        seeds=[0, 1],
+        train=TrainConfig(epochs=1),
+        baseline="MLP",
+        seesaw_reference="MLP",
+        output_dir=str(tmp_path / "out"),
+    )
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def test_shipped_bench_configs_load_and_name_registered_models():
+    paths = sorted((ROOT / "configs" / "bench").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"smoke", "ml100k_m3oe", "douyin"}
+    for p in paths:
+        cfg = load_bench_config(p)
+        _validate_models(cfg)  # raises on an unknown model or bad params
+        assert cfg.baseline in [e.label for e in cfg.entries]
+
+
+def test_unknown_key_and_bad_references_raise(tmp_path):
+    p = tmp_path / "b.yaml"
+    p.write_text("name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp, regimee: cell}]\n"
+                 "seeds: [0]\nbaseline: A\noutput_dir: o\n")
+    with pytest.raises(ConfigError) as e:
+        load_bench_config(p)
+    assert "regimee" in str(e.value) and str(p) in str(e.value)
+    p.write_text("name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp}]\n"
+                 "seeds: [0]\nbaseline: B\noutput_dir: o\n")
+    with pytest.raises(ConfigError, match="baseline 'B'"):
+        load_bench_config(p)
+    p.write_text("name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp, train: {lrr: 1}}]\n"
+                 "seeds: [0]\nbaseline: A\noutput_dir: o\n")
+    with pytest.raises(ConfigError, match="lrr"):
+        load_bench_config(p)
+    with pytest.raises(Exception, match="unique"):
+        _cfg(tmp_path, entries=[BenchEntry(label="A", model="mlp"), BenchEntry(label="A", model="mmoe")], baseline="A",
+             seesaw_reference=None)
+    with pytest.raises(Exception, match="seeds"):
+        _cfg(tmp_path, seeds=[1, 1])
+    bad = _cfg(tmp_path, entries=[BenchEntry(label="MLP", model="nope")], seesaw_reference=None)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        _validate_models(bad)
+
+
+def test_grid_order_cell_experiment_and_fingerprint(tmp_path):
+    cfg = _cfg(tmp_path, entries=[BenchEntry(label="MLP", model="mlp", regime="cell"),
+                                  BenchEntry(label="MMoE", model="mmoe", params={"num_experts": 2}, train={"lr": 0.05})])
+    keys = grid_keys(cfg)
+    assert keys == [CellKey("toy", "MLP", 0), CellKey("toy", "MLP", 1), CellKey("toy", "MMoE", 0), CellKey("toy", "MMoE", 1)]
+    exp = cell_experiment(cfg, keys[3])
+    assert exp.train.lr == 0.05 and exp.train.seed == 1 and exp.train.regime == "mdmt" and exp.train.epochs == 1
+    assert exp.model.name == "mmoe" and exp.model.params == {"num_experts": 2}
+    assert cell_experiment(cfg, keys[0]).train.regime == "cell" and cell_experiment(cfg, keys[0]).train.lr == 1e-3
+    fp = fingerprint(exp)
+    assert fp == fingerprint(exp.model_copy(update={"output_dir": "elsewhere", "name": "other"}))
+    assert fp == fingerprint(exp.model_copy(update={"train": exp.train.model_copy(update={"progress": True})}))
+    assert fp != fingerprint(exp.model_copy(update={"train": exp.train.model_copy(update={"lr": 0.01})}))
+    assert fp != fingerprint(cell_experiment(cfg, keys[2]))  # another seed
+    assert slugify("MLP (per cell)") == "mlp-per-cell"
+    assert cell_path(cfg.output_dir, keys[0]).name == "toy__mlp__seed0.json"
+
+
+def test_atomic_write_and_unreadable_cells(tmp_path):
+    p = tmp_path / "cells" / "x.json"
+    write_json_atomic(p, {"format": 1, "test": {}, "v": float("nan")})
+    assert read_cell(p)["format"] == 1
+    assert [q.name for q in p.parent.iterdir()] == ["x.json"]  # no temporary file left behind
+    p.write_text('{"format": 1, "test": {')  # a torn write is treated as not finished
+    assert read_cell(p) is None
+    assert read_cell(tmp_path / "missing.json") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation, t-test marks, layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_summary_matches_direct_computation():
+    s = summarize(_records(), baseline="Base")["toy"]
+    assert s.cells == [f"{d}/{t}" for d, t in CELLS]
+    base, model = s.model("Base"), s.model("Model")
+    for c in range(4):
+        name = s.cells[c]
+        m_vals = np.array(BASE[c]) + np.array(DELTA[c])
+        assert model.cell_auc[name].mean == pytest.approx(m_vals.mean())
+        assert model.cell_auc[name].std == pytest.approx(m_vals.std(ddof=1), abs=1e-12)
+        assert base.cell_auc[name].p is None and base.cell_auc[name].sign == 0
+    # paired t-test against scipy, and the sign of the significant differences
+    p0 = stats.ttest_rel(np.array(BASE[0]) + np.array(DELTA[0]), BASE[0]).pvalue
+    assert model.cell_auc["d0/click"].p == pytest.approx(p0) and p0 < 0.05
+    assert model.cell_auc["d0/click"].sign == 1
+    assert model.cell_auc["d0/like"].sign == -1
+    assert model.cell_auc["d1/click"].p > 0.05 and model.cell_auc["d1/click"].sign == 0
+    assert model.cell_auc["d1/like"].p == 1.0 and model.cell_auc["d1/like"].sign == 0
+    # avg AUC: per-seed mean over cells, then mean over seeds; RelaImpr on the means
+    m_avg = np.mean([np.mean([BASE[c][i] + DELTA[c][i] for c in range(4)]) for i in range(4)])
+    b_avg = np.mean([np.mean([BASE[c][i] for c in range(4)]) for i in range(4)])
+    assert model.avg_auc.mean == pytest.approx(m_avg)
+    assert model.relaimpr == pytest.approx(((m_avg - 0.5) / (b_avg - 0.5) - 1) * 100)
+    assert base.relaimpr is None
+    assert model.samples_per_sec == 300.0
+
+
+def test_markdown_layout_units_and_marks():
+    s = summarize(_records(), baseline="Base")["toy"]
+    md = markdown_dataset(s)
+    header, rows = _table_rows(md)
+    auc_cols = [f"{d}/{t} AUC" for d, t in CELLS]
+    ll_cols = [f"{d}/{t} LogLoss" for d, t in CELLS]
+    assert header == ["Model", "Regime", *auc_cols, "Avg AUC ↑", "Task-pooled AUC ↑", "RelaImpr", *ll_cols,
+                      "Avg LogLoss ↓", "Train samples/s", "Train s"]
+    m = dict(zip(header, rows["Model"]))
+    mean0 = 100 * np.mean(np.array(BASE[0]) + np.array(DELTA[0]))
+    assert m["d0/click AUC"] == f"**{mean0:.2f}**\\*"  # best in its column, significantly better
+    assert m["d0/like AUC"].endswith("†") and "*" not in m["d0/like AUC"]
+    assert not m["d1/click AUC"].replace("**", "").endswith(("*", "†"))
+    assert not m["d1/like AUC"].replace("**", "").endswith(("*", "†"))
+    assert m["RelaImpr"] == f"{s.model('Model').relaimpr:+.2f}%"
+    assert m["d0/click LogLoss"] == "**45.00**"
+    b = dict(zip(header, rows["Base (baseline)"]))
+    plain = "".join(b.values()).replace("**", "")
+    assert b["RelaImpr"] == "—" and "*" not in plain and "†" not in plain
+    assert "units of 10⁻²" in md
+    assert "Oracle" not in md  # no oracle on real data
+    # the std table carries mean ± std and p-values
+    assert "± " in md and "(p=" in md
+
+
+def test_oracle_row_and_gap_when_data_has_an_oracle():
+    s = summarize(_records(oracle=True), baseline="Base")["toy"]
+    md = markdown_dataset(s)
+    header, rows = _table_rows(md)
+    orc = dict(zip(header, rows["*Oracle (true probabilities)*"]))
+    assert orc["d0/click AUC"] == "90.00" and orc["Avg AUC ↑"] == f"{100 * np.mean([0.9, 0.8, 0.85, 0.95]):.2f}"
+    m = dict(zip(header, rows["Model"]))
+    assert float(m["Oracle gap ↓"]) == pytest.approx(100 * (0.875 - s.model("Model").avg_auc.mean), abs=0.006)
+
+
+def test_seesaw_matrix_is_relative_change_against_reference():
+    s = summarize(_records(), baseline="Base")["toy"]
+    rows, cols, mat = seesaw_matrix(s, "Base")
+    assert rows == ["Model"] and cols == s.cells
+    for c, name in enumerate(cols):
+        a, b = s.model("Model").cell_auc[name].mean, s.model("Base").cell_auc[name].mean
+        assert mat[0][c] == pytest.approx((a / b - 1) * 100)
+    _, _, ri = seesaw_matrix(s, "Base", metric="relaimpr")
+    a, b = s.model("Model").cell_auc["d0/click"].mean, s.model("Base").cell_auc["d0/click"].mean
+    assert ri[0][0] == pytest.approx(((a - 0.5) / (b - 0.5) - 1) * 100)
+    assert mat[0][3] == pytest.approx(0.0)
+
+
+def test_heatmaps_are_written(tmp_path):
+    import matplotlib.image as mpimg
+
+    p = plot_seesaw([[1.5, -0.5, float("nan")], [0.2, 0.0, -3.0]], ["A", "B"], ["x", "y", "z"], tmp_path / "s.png")
+    img = mpimg.imread(p)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
+    ev = EvalResult.from_dict(_eval([0.7, 0.6, float("nan"), 0.8], [0.3] * 4))
+    domains, tasks, grid = cell_grid(ev)
+    assert domains == ["d0", "d1"] and tasks == ["click", "like"]
+    assert grid[0, 1] == pytest.approx(0.6) and math.isnan(grid[1, 0])
+    q = plot_cell_heatmap(ev, tmp_path / "run" / "h.png", title="t")
+    assert mpimg.imread(q).ndim == 3
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+def test_write_report_files_and_reference_kept_apart(tmp_path):
+    cfg = _cfg(tmp_path, entries=[BenchEntry(label="Base", model="mlp"), BenchEntry(label="Model", model="mmoe")],
+               seeds=SEEDS, baseline="Base", seesaw_reference="Base",
+               reference={"label": "published figure", "macro_task_auc": 0.708, "note": "elsewhere"})
+    recs = _records() + [_rec("Gone", 0, [0.9] * 4, [0.1] * 4)]  # a label no longer in the config
+    paths = write_report(cfg, recs)
+    assert {"results.json", "results.parquet", "results.md", "seesaw_toy.png"} <= set(paths)
+    import polars as pl
+
+    df = pl.read_parquet(paths["results.parquet"])
+    assert df.height == 2 * len(SEEDS) * 4 * 2  # labels × seeds × cells × splits ("Gone" left out)
+    assert set(df["label"]) == {"Base", "Model"}
+    one = df.filter((pl.col("label") == "Model") & (pl.col("seed") == 2) & (pl.col("split") == "test")
+                    & (pl.col("domain") == "d0") & (pl.col("task") == "like"))
+    assert one["auc"][0] == pytest.approx(BASE[1][2] + DELTA[1][2])
+    data = json.loads(paths["results.json"].read_text())
+    assert data["summary"]["toy"]["models"][1]["label"] == "Model"
+    md = paths["results.md"].read_text()
+    main_table, ref_part = md.split("Reference figures (not measured")
+    assert "published figure" not in main_table and "published figure" in ref_part and "70.80" in ref_part
+    assert "![seesaw toy](seesaw_toy.png)" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: a tiny grid, interrupted and resumed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
+    import mdmt.train.run as run_mod
+
+    cfg = _cfg(
+        tmp_path,
+        datasets={"tiny": DataConfig(source="synthetic", params={"preset": "douyin", "rows": 2500, "seed": 0})},
+        entries=[BenchEntry(label="MLP", model="mlp", params={"hidden": [8]}),
+                 BenchEntry(label="MMoE-MTL", model="mmoe", regime="mtl",
+                            params={"num_experts": 2, "expert_hidden": [8], "tower_hidden": [4]})],
+        train=TrainConfig(epochs=1, batch_size=512, lr=0.01, patience=0),
+    )
+    real = run_mod.run_experiment
+    calls: list[tuple[str, int]] = []
+
+    def failing_after_first(exp, **kw):
+        if calls:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append((exp.model.name, exp.train.seed))
+        return real(exp, **kw)
+
+    monkeypatch.setattr(run_mod, "run_experiment", failing_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, progress=False)
+    done = completed_cells(cfg)
+    assert list(done) == [CellKey("tiny", "MLP", 0)]
+    assert not list((Path(cfg.output_dir) / "cells").glob(".*"))  # no torn files
+
+    seen: list[tuple[str, int, str]] = []
+
+    def counting(exp, **kw):
+        seen.append((exp.model.name, exp.train.seed, exp.train.regime))
+        return real(exp, **kw)
+
+    monkeypatch.setattr(run_mod, "run_experiment", counting)
+    res = run_bench(cfg, progress=False)
+    assert seen == [("mlp", 1, "mdmt"), ("mmoe", 0, "mtl"), ("mmoe", 1, "mtl")]  # the finished run is not re-run
+    assert res.skipped == [CellKey("tiny", "MLP", 0)] and len(res.ran) == 3
+    rec = read_cell(cell_path(cfg.output_dir, CellKey("tiny", "MMoE-MTL", 1)))
+    assert rec["regime"] == "mtl" and rec["seed"] == 1 and 0.0 < rec["test"]["avg_auc"] < 1.0
+    assert rec["fingerprint"] == fingerprint(cell_experiment(cfg, CellKey("tiny", "MMoE-MTL", 1)))
+    md = res.report["results.md"].read_text()
+    assert "MMoE-MTL" in md and "*Oracle (true probabilities)*" in md
+    assert res.report["seesaw_tiny.png"].exists()
+
+    # a third call has nothing to do; changing one entry's settings re-runs only that entry
+    seen.clear()
+    run_bench(cfg, progress=False, report=False)
+    assert seen == []
+    changed = cfg.model_copy(update={"entries": [cfg.entries[0], cfg.entries[1].model_copy(update={"train": {"lr": 0.02}})]})
+    run_bench(changed, progress=False, report=False)
+    assert seen == [("mmoe", 0, "mtl"), ("mmoe", 1, "mtl")]
+
+
+def test_cli_report_only_and_benchmarks_md(tmp_path, capsys):
+    from mdmt.bench import main
+
+    cfg = _cfg(tmp_path, entries=[BenchEntry(label="Base", model="mlp"), BenchEntry(label="Model", model="mmoe")],
+               seeds=SEEDS, baseline="Base", seesaw_reference="Base")
+    for r in _records(oracle=True):
+        write_json_atomic(cell_path(cfg.output_dir, CellKey(r["dataset"], r["label"], r["seed"])), r)
+    yml = tmp_path / "b.yaml"
+    yml.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    write_json_atomic(Path(cfg.output_dir) / "meta.json",
+                      {"config_path": "configs/bench/x.yaml", "config": cfg.model_dump(mode="json"),
+                       "machine": {"cpu": "Test CPU", "logical_cores": 2, "torch_threads": 2, "torch": "x", "python": "3"}})
+    assert main([str(yml), "--report-only", "--quiet"]) == 0
+    assert (Path(cfg.output_dir) / "results.md").exists()
+    tp = tmp_path / "tp.json"
+    tp.write_text(json.dumps({
+        "command": "python benchmarks/train_throughput.py --rows 10", "machine": {"cpu": "Test CPU"},
+        "peak_flops": 1e11, "target_ratio": 1.15,
+        "settings": {"rows": 10, "preset": "douyin", "batch_size": 4, "steps": 2, "warmup": 1, "mm_repeats": 1},
+        "models": [{"model": "mlp", "batch_size": 4, "ratio": 1.05, "e2e_samples_per_sec": 1e5,
+                    "model_samples_per_sec": 1.05e5, "flops_per_step": 4e6, "e2e_flops_per_sec": 1e11 * 0.1,
+                    "e2e_utilisation": 0.1, "model_utilisation": 0.105},
+                   {"model": "bad", "error": "RuntimeError: boom"}],
+    }))
+    out = write_benchmarks_md([cfg.output_dir], tp, out=tmp_path / "docs" / "BENCHMARKS.md",
+                              regenerate_command="python benchmarks/make_benchmarks_md.py")
+    text = out.read_text()
+    assert "mdmt bench configs/bench/x.yaml" in text and "python benchmarks/train_throughput.py --rows 10" in text
+    assert "Test CPU" in text and "## Training throughput" in text and "10.0%" in text and "error: RuntimeError" in text
+    link = text.split("![seesaw toy](")[1].split(")")[0]
+    assert (out.parent / link).resolve() == (Path(cfg.output_dir) / "seesaw_toy.png").resolve()
+    assert "Oracle gap" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# throughput benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT))
+    try:
+        import importlib
+
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_mm_peak_counts_two_n_cubed():
+    machine = _bench_module("machine")
+    r = machine.mm_peak(n=128, repeats=2, warmup=1)
+    assert r["flops_per_sec"] == pytest.approx(2 * 128**3 / r["seconds_best"])
+    assert r["flops_per_sec"] >= r["median_flops_per_sec"] > 0
+    d = machine.describe()
+    assert d["logical_cores"] >= 1 and d["torch"] == torch.__version__
+
+
+def test_flop_count_of_a_step_matches_formula():
+    from mdmt.batch import Batch
+    from mdmt.models.base import ModelOutput
+
+    tt = _bench_module("train_throughput")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(5, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, batch: Batch) -> ModelOutput:
+            z = self.b(torch.relu(self.a(batch.dense)))
+            return ModelOutput(logits={"x": z[:, 0], "y": z[:, 1]})
+
+    b = Batch.empty(num_sparse=1, num_dense=5, num_tasks=2, size=16)
+    b.dense.normal_()
+    flops = tt._flops_per_step(Tiny(), b, ["x", "y"])
+    B = 16
+    # forward 2·B·(5·8 + 8·2); backward: weight grads of both layers, input grad of the second only
+    assert flops == 2 * B * 5 * 8 * 2 + 2 * B * 8 * 2 * 3
+
+
+def test_train_throughput_script_tiny(tmp_path):
+    tt = _bench_module("train_throughput")
+    out = tmp_path / "tp.json"
+    res = tt.main(["--rows", "3000", "--batch-size", "256", "--steps", "3", "--warmup", "1", "--models", "mlp,mmoe",
+                   "--mm-repeats", "1", "--out", str(out), "--quiet"])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res))
+    assert [r["model"] for r in data["models"]] == ["mlp", "mmoe"]
+    assert data["machine"]["logical_cores"] >= 1 and data["peak_flops"] > 0
+    for r in data["models"]:
+        assert "error" not in r, r
+        assert r["flops_per_step"] > 0 and r["e2e_samples_per_sec"] > 0
+        assert r["ratio"] == pytest.approx(r["e2e_step_seconds"] / r["model_step_seconds"])
+        assert r["e2e_utilisation"] == pytest.approx(r["flops_per_step"] / r["e2e_step_seconds"] / data["peak_flops"])
+    with pytest.raises(SystemExit, match="unknown model"):
+        tt.main(["--rows", "3000", "--models", "nope", "--out", str(out), "--quiet"])
