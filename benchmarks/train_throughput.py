@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows generated (train split ≈ 71%%)")
     p.add_argument("--preset", default="douyin", choices=["douyin", "kuaishou"])
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per path (interleaved; medians kept)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per path (interleaved; medians kept)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each path before timing")
     p.add_argument("--models", default=None, help="comma-separated registered names (default: all)")
     p.add_argument("--lr", type=float, default=1e-3)

@@ -56,7 +56,7 @@ class FeatureSpec(StrictModel):
     ``kind``:
       * ``sparse``: a categorical id, encoded to an index (0 = padding, 1 = OOV, known ids from 2).
       * ``dense``: a number, normalised (``transform``) or bucketised into a sparse id.
-      * ``sequence``: a list of ids (a behaviour sequence), truncated to the last ``max_len``.
+      * ``sequence``: a list of ids (a behaviour sequence, most recent first), cut to its first ``max_len``.
     ``vocab`` names the vocabulary the ids live in; features that share a vocabulary (an item id
     and the sequence of past item ids) share an id space. By default a feature has its own.
     """

@@ -30,7 +30,6 @@ from mdmt.bench.harness import _validate_models, read_cell, slugify, write_json_
 from mdmt.bench.plots import cell_grid, plot_cell_heatmap, plot_seesaw
 from mdmt.bench.report import (
     markdown_dataset,
-    result_rows,
     seesaw_matrix,
     summarize,
     write_benchmarks_md,

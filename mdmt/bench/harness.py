@@ -353,6 +353,17 @@ def machine_line(m: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (no machine paths in reports)."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return p.relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            return p.name
+    return p.as_posix()
+
+
 @dataclass
 class BenchResults:
     """What :func:`run_bench` did.
@@ -446,6 +457,8 @@ def run_bench(
     keys = grid_keys(cfg)
     done = completed_cells(cfg) if resume else {}
     todo = [k for k in keys if k not in done]
+    if config_path is not None:
+        config_path = _display_path(config_path)
     meta_path = out / "meta.json"
     old_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     write_json_atomic(
@@ -455,7 +468,6 @@ def run_bench(
             "config_path": config_path or old_meta.get("config_path"),
             "config": cfg.model_dump(mode="json"),
             "machine": machine_description(),
-            "command_line": " ".join(sys.argv) if todo else old_meta.get("command_line"),
             "started_at": old_meta.get("started_at") if done else datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
@@ -526,7 +538,7 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides["seeds"] = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     cfg = load_bench_config(args.config, overrides or None)
     if getattr(args, "report_only", False):
-        paths = write_report(cfg, command=f"mdmt bench {args.config}")
+        paths = write_report(cfg, command=f"mdmt bench {_display_path(args.config)}")
     else:
         res = run_bench(
             cfg,

@@ -82,8 +82,7 @@ def plot_seesaw(
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
     fig = _new_figure(1.1 + 0.95 * max(len(col_labels), 2), 1.2 + 0.45 * max(len(row_labels), 1))
     ax = fig.add_subplot(1, 1, 1)
-    cmap = matplotlib.colormaps["RdBu"].copy()
-    cmap.set_bad("0.85")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(col_labels)), labels=list(col_labels), rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=8)
@@ -125,8 +124,7 @@ def plot_cell_heatmap(result: Any, path: str | Path, title: str = "AUC per (doma
     if hi - lo < 1e-6:
         lo, hi = lo - 0.01, hi + 0.01
     norm = Normalize(vmin=lo, vmax=hi)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.85")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     fig = _new_figure(1.6 + 0.9 * max(len(tasks), 2), 1.2 + 0.45 * max(len(domains), 1))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, norm=norm, aspect="auto")
