@@ -101,7 +101,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     src = Path(args.input)
     if not src.exists():
         raise SystemExit(f"mdmt: input file {src} not found")
-    frame = pl.read_parquet(src) if src.suffix in (".parquet", ".pq") else pl.read_csv(src, separator=args.separator)
+    if src.suffix in (".parquet", ".pq"):
+        frame = pl.read_parquet(src)
+    else:
+        from .data.table import parse_sequences
+
+        frame = parse_sequences(pl.read_csv(src, separator=args.separator), run.feature_map.spec)
     batch = encode_for_scoring(frame, run.feature_map, source=str(src))
     probs = run.predict(batch)
     cols = {}
