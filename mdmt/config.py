@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field
 
-from .schema import ConfigError, StrictModel, parse_config
+from .schema import StrictModel, parse_config, read_yaml_mapping
 
 __all__ = [
     "DataConfig",
@@ -95,14 +94,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def read_yaml_with_base(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a top-level ``base: other.yaml`` (relative to the file) is merged under it."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml_mapping(path)
     base = data.pop("base", None)
     if base is not None:
         data = deep_merge(read_yaml_with_base(path.parent / base), data)

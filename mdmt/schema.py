@@ -294,8 +294,8 @@ def parse_config(data: dict[str, Any], model: type[M], source: str = "<config>")
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_yaml(path: str | Path, model: type[M]) -> M:
-    """Load a YAML file strictly into ``model`` (unknown keys raise, naming key and file)."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; errors name the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
@@ -305,4 +305,9 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return parse_config(data, model, str(path))
+    return data
+
+
+def load_yaml(path: str | Path, model: type[M]) -> M:
+    """Load a YAML file strictly into ``model`` (unknown keys raise, naming key and file)."""
+    return parse_config(read_yaml_mapping(path), model, str(path))
