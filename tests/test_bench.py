@@ -243,6 +243,7 @@ def test_markdown_layout_units_and_marks():
     plain = "".join(b.values()).replace("**", "")
     assert b["RelaImpr"] == "—" and "*" not in plain and "†" not in plain
     assert "units of 10⁻²" in md
+    assert "d0/click 30 / 100" in md and "fewer than 30 positives" not in md  # test sizes stated
     assert "Oracle" not in md  # no oracle on real data
     # the std table carries mean ± std and p-values
     assert "± " in md and "(p=" in md

@@ -152,6 +152,7 @@ def test_every_verb_has_help_with_example(verb, capsys):
 
 def test_demo_small(tmp_path: Path, capsys):
     assert main(["demo", "--rows", "20000", "--output-dir", str(tmp_path), "--set", "train.epochs=1",
+                 "--set", "data.params.num_items=500",
                  "--set", "train.progress=false"]) == 0
     out = capsys.readouterr().out
     assert "oracle" in out and "finish" in out

@@ -147,7 +147,7 @@ class Stat:
 
 @dataclass
 class ModelSummary:
-    """One table row: a label's metrics aggregated over its seeds."""
+    """One table row: a label's metrics aggregated over its seeds (throughput: median over seeds)."""
 
     label: str
     model: str
@@ -174,6 +174,8 @@ class DatasetSummary:
     baseline: str
     oracle: dict[str, float] = field(default_factory=dict)
     oracle_avg: float | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    positives: dict[str, int] = field(default_factory=dict)
 
     def model(self, label: str) -> ModelSummary:
         for m in self.models:
@@ -240,6 +242,7 @@ def summarize(
         cells: list[str] = []
         oracle_vals: dict[str, list[float]] = {}
         oracle_avg_vals: list[float] = []
+        counts: dict[str, tuple[int, int]] = {}
         models: list[ModelSummary] = []
         for label in labels:
             recs = sorted(by_label[label], key=lambda r: int(r["seed"]))
@@ -253,6 +256,7 @@ def summarize(
                     name = _cell_name(c.domain, c.task)
                     if name not in cells:
                         cells.append(name)
+                    counts.setdefault(name, (int(c.n), int(c.positives)))
                     per_cell_auc.setdefault(name, {})[seed] = _f(c.auc)
                     per_cell_ll.setdefault(name, {})[seed] = _f(c.logloss)
                     if c.oracle_auc is not None and math.isfinite(_f(c.oracle_auc)):
@@ -276,8 +280,8 @@ def summarize(
                     macro_task_auc=_stat(macro),
                     avg_logloss=_stat(avg_ll),
                     relaimpr=None,
-                    samples_per_sec=_nanmean(sps),
-                    train_seconds=_nanmean(secs),
+                    samples_per_sec=_nanmedian(sps),
+                    train_seconds=_nanmedian(secs),
                 )
             )
         summary = DatasetSummary(
@@ -288,6 +292,8 @@ def summarize(
             baseline=baseline,
             oracle={k: _nanmean(v) for k, v in oracle_vals.items()},
             oracle_avg=_nanmean(oracle_avg_vals) if oracle_avg_vals else None,
+            rows={k: v[0] for k, v in counts.items()},
+            positives={k: v[1] for k, v in counts.items()},
         )
         if baseline in by_label:
             base = summary.model(baseline)
@@ -305,6 +311,14 @@ def summarize(
                     m.relaimpr = r if math.isfinite(r) else None
         out[ds] = summary
     return out
+
+
+def _nanmedian(values: Iterable[float]) -> float:
+    """Median of the finite values (throughput over seeds: robust to a run slowed by other work)."""
+    import statistics
+
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(statistics.median(vals)) if vals else float("nan")
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -382,6 +396,8 @@ def _fmt_secs(x: float) -> str:
     return "—" if not math.isfinite(x) else f"{x:.1f}"
 
 
+#: a cell with fewer positives than this is flagged as noisy under the table
+FEW_POSITIVES = 30
 #: above this many (domain, task) cells, per-cell LogLoss moves to its own table (same rows)
 WIDE_CELLS = 6
 
@@ -407,7 +423,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**. "
         f"{BETTER} / {WORSE}: significantly better / worse than the baseline (two-sided paired t-test over "
         f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column. — : undefined (a single class "
-        f"or no rows in that cell's test rows, or no baseline).",
+        f"or no rows in that cell's test rows, or no baseline). Train samples/s and Train s: median over seeds.",
         "",
     ]
     auc_cols = [f"{c} AUC" for c in s.cells]
@@ -457,6 +473,11 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         r += ["—"] * (len(header) - len(r))
         rows.append(r)
     out.append(_table(header, rows))
+    if s.rows:
+        sizes = ", ".join(f"{c} {s.positives.get(c, 0):,} / {s.rows.get(c, 0):,}" for c in s.cells)
+        few = [c for c in s.cells if s.positives.get(c, 0) < FEW_POSITIVES]
+        out += ["", f"Positives / rows per cell in the {s.split} split: {sizes}."
+                + (f" Cells with fewer than {FEW_POSITIVES} positives ({', '.join(few)}) give noisy AUCs." if few else "")]
     if has_oracle:
         out += ["", "The oracle row scores every row with the generator's true probability: the ceiling no model "
                 "can beat. Oracle gap = oracle Avg AUC − the model's Avg AUC."]
