@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows generated (train split ≈ 71%%)")
     p.add_argument("--preset", default="douyin", choices=["douyin", "kuaishou"])
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per path (interleaved; medians kept)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each path before timing")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per path (interleaved; medians kept)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of each path before timing")
     p.add_argument("--models", default=None, help="comma-separated registered names (default: all)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cpu")
@@ -181,6 +181,14 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
     }
 
 
+def _load_average() -> float | None:
+    """1-minute load average (other work on the machine slows every figure), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _quartiles(x: list[float]) -> list[float]:
     q = statistics.quantiles(x, n=4) if len(x) > 1 else [x[0]] * 3
     return [float(v) for v in q]
@@ -219,6 +227,9 @@ def _print_table(result: dict[str, Any]) -> None:
         )
     con = Console()
     con.print(f"Machine: {describe_line(result['machine'])}")
+    st = result["settings"]
+    con.print(f"Load average (1 min) before / after: {st['load_average_1min_before']} / {st['load_average_1min_after']} "
+              f"on {result['machine']['logical_cores']} logical cores")
     con.print(f"Peak: torch.mm 2048×2048 float32 = {peak / 1e9:,.1f} GFLOP/s (best of {result['settings']['mm_repeats']}, measured in this run)")
     con.print(table)
     con.print(f"e2e/model = end-to-end step time ÷ model-only step time; target ≤ {TARGET_RATIO}.")
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = wanted
 
     machine = describe()
+    load_before = _load_average()
     peak_before = mm_peak(repeats=args.mm_repeats, device=args.device)
     t0 = time.perf_counter()
     raw = generate(SyntheticConfig(preset=args.preset, rows=args.rows, seed=args.seed))
@@ -271,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"({r['wall_seconds']:.1f} s)")
     peak_after = mm_peak(repeats=args.mm_repeats, device=args.device)
     peak = max(peak_before["flops_per_sec"], peak_after["flops_per_sec"])
+    load_after = _load_average()
     for r in rows:
         if "error" not in r:
             r["e2e_utilisation"] = r["e2e_flops_per_sec"] / peak
@@ -292,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "threads": torch.get_num_threads(),
             "mm_repeats": args.mm_repeats,
             "data_seconds": data_seconds,
+            "load_average_1min_before": load_before,
+            "load_average_1min_after": load_after,
         },
         "peak_flops": peak,
         "peak": {"before": peak_before, "after": peak_after},

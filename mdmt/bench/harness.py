@@ -396,7 +396,9 @@ def _validate_models(cfg: BenchConfig) -> None:
             raise ConfigError(f"bench {cfg.name!r}, entry {e.label!r}: {err}") from None
 
 
-def _record(cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, seconds: float) -> dict[str, Any]:
+def _record(
+    cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, seconds: float, machine: dict[str, Any]
+) -> dict[str, Any]:
     entry = cfg.entry(key.label)
     return {
         "format": CELL_FORMAT,
@@ -415,6 +417,7 @@ def _record(cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, 
         "train_seconds": float(result.train_seconds),
         "samples_per_sec": float(result.samples_per_sec),
         "wall_seconds": seconds,
+        "machine": machine,
         "run_dir": str(result.run_dir),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -467,7 +470,7 @@ def run_bench(
             "bench": cfg.name,
             "config_path": config_path or old_meta.get("config_path"),
             "config": cfg.model_dump(mode="json"),
-            "machine": machine_description(),
+            "machine": machine_description() if todo or "machine" not in old_meta else old_meta["machine"],
             "started_at": old_meta.get("started_at") if done else datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
@@ -485,6 +488,7 @@ def run_bench(
         transient=False,
     )
     prepared: dict[str, Any] = {}
+    machine = machine_description()
     with bar:
         task = bar.add_task(f"bench {cfg.name}", total=len(keys), completed=len(done), current="")
         for key in todo:
@@ -498,7 +502,7 @@ def run_bench(
             result = run_experiment(
                 exp, data_dir=data_dir, run_dir=run_dir, resume=False, prepared=prepared[key.dataset], quiet=True
             )
-            rec = _record(cfg, key, exp, result, time.perf_counter() - t0)
+            rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
             write_json_atomic(cell_path(out, key), rec)
             results.records[key] = rec
             results.ran.append(key)
