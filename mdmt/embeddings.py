@@ -80,10 +80,16 @@ class EmbeddingCollection(nn.Module):
         self.input_dim = sum(self.dims.values()) + self.num_dense
 
     def _lookup(self, table: str, ids: Tensor, domain: Tensor) -> Tensor:
+        """Rows of ``table`` for ``ids`` ``[B]`` or ``[B, L]`` -> ``[B, dim]`` or ``[B, L, dim]``.
+
+        ``index_select`` rather than ``nn.functional.embedding``: its backward is a plain
+        scatter-add, about twice as fast on CPU as the embedding backward's sort-and-reduce.
+        """
         if self._per_domain[table]:
             offset = domain * self._rows[table]
             ids = ids + offset.view(-1, *([1] * (ids.dim() - 1)))
-        return self.tables[table](ids)
+        weight = self.tables[table].weight
+        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """``{key: [B, dim]}`` for sparse keys and ``{key: [B, L, dim]}`` for sequence keys.
@@ -97,9 +103,8 @@ class EmbeddingCollection(nn.Module):
             else:
                 ids = batch.sequences[feat]
                 emb = self._lookup(table, ids, batch.domain)
-                if self._per_domain[table]:
-                    emb = emb * (ids != PAD).unsqueeze(-1).to(emb.dtype)
-                out[key] = emb
+                # zero at padding, and no gradient into the padding rows (they stay 0)
+                out[key] = emb * (ids != PAD).unsqueeze(-1).to(emb.dtype)
         return out
 
     def pooled(self, batch: Batch, emb: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -193,10 +193,11 @@ class ParallelMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if x.dim() == 2:  # shared input [B, in]
-                x = torch.einsum("bi,kio->bko", x, w) + b
-            else:  # per-MLP input [B, K, in]
-                x = torch.einsum("bki,kio->bko", x, w) + b
+            K, din, dout = w.shape
+            if x.dim() == 2:  # shared input [B, in]: one GEMM against [in, K*out]
+                x = torch.addmm(b.reshape(-1), x, w.permute(1, 0, 2).reshape(din, K * dout)).view(-1, K, dout)
+            else:  # per-MLP input [B, K, in]: one batched GEMM over K
+                x = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w).transpose(0, 1)
             if i < self.num_hidden:
                 x = self.dropout(self.acts[i](x))
         if x.dim() == 2:  # no layers at all: identity, broadcast to every MLP
@@ -245,9 +246,10 @@ class Gate(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         w = self.weights(x)
-        if experts.dim() == 3:
-            return torch.einsum("bge,beh->bgh", w, experts)
-        return torch.einsum("bge,bgeh->bgh", w, experts)
+        if experts.dim() == 3:  # the same experts for every gate: [B, G, E] @ [B, E, H]
+            return torch.bmm(w, experts)
+        # one expert set per gate: [B, G, 1, E] @ [B, G, E, H] -> [B, G, H]
+        return torch.matmul(w.unsqueeze(2), experts).squeeze(2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,9 +103,11 @@ class CGCLevel(nn.Module):
 
     def forward(self, g: Tensor) -> Tensor:
         first = g.dim() == 2
-        e = self.experts(g if first else g[:, self.expert_group])  # every expert of level j: [B, E, He]
+        # index_select (backward: a scatter-add) rather than advanced indexing (an index_put)
+        e = self.experts(g if first else g.index_select(1, self.expert_group))  # level j's experts: [B, E, He]
         task_sel = g if first else g[:, : self.num_tasks]  # g^{k,j-1}: [B, in] or [B, T, in]
-        out = self.task_gates(task_sel, e[:, self.task_experts])  # g^{k,j} = w^{k,j} S^{k,j}: [B, T, He]
+        sel = e.index_select(1, self.task_experts.reshape(-1)).view(e.shape[0], *self.task_experts.shape, -1)
+        out = self.task_gates(task_sel, sel)  # g^{k,j} = w^{k,j} S^{k,j}: [B, T, He]
         if self.shared_gate is None:
             return out
         shared_sel = g if first else g[:, self.num_tasks :]  # g^{s,j-1}
