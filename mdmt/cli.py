@@ -147,7 +147,9 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench.harness import main as bench_main
 
-    bench_main(args)
+    status = bench_main(args)
+    if status:
+        raise SystemExit(status)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -242,11 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a models x seeds (x data sets) grid and write tables and plots",
                        formatter_class=fmt,
                        epilog="example:\n  mdmt bench configs/bench/ml100k_m3oe.yaml\n  mdmt bench configs/bench/ml100k_m3oe.yaml --report-only")
-    p.add_argument("config", help="bench YAML file")
-    p.add_argument("--no-resume", action="store_true", help="re-run cells that already have results")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots from saved results")
-    p.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    _add_common(p, config=False)
+    from .bench.harness import add_arguments as bench_arguments
+
+    bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list every registered model with its paper", formatter_class=fmt,

@@ -147,3 +147,40 @@ def test_unassigned_parameter_is_an_error():
     model.optim_groups = lambda: [OptimGroup("main", [model.head.weight])]
     with pytest.raises(ValueError, match="no optimizer group"):
         Trainer(model, TrainConfig(progress=False), lambda p: 0.0)
+
+
+@pytest.mark.parametrize("sched", ["cosine", "warmup_cosine", "step"])
+def test_learning_rate_schedules(sched):
+    spec, fm, model = _model()
+    train = make_batch(spec, fm, size=64, seed=1)
+    valid = make_batch(spec, fm, size=32, seed=2)
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.1, scheduler=sched, warmup_steps=2 if sched == "warmup_cosine" else 0,
+                      step_gamma=0.5, patience=0, progress=False)
+    tr = Trainer(model, cfg, lambda p: 0.0)
+    res = tr.fit(train, valid)
+    lrs = [h["lr"] for h in res.history]  # lr after each epoch (4 steps per epoch, 16 steps in all)
+    if sched == "step":
+        assert lrs == pytest.approx([0.05, 0.025, 0.0125, 0.00625])
+    else:
+        w = cfg.warmup_steps
+        expect = [0.1 * 0.5 * (1 + math.cos(math.pi * (s - w) / (16 - w))) for s in (4, 8, 12, 16)]
+        assert lrs == pytest.approx(expect, abs=1e-9)
+
+
+def test_same_seed_same_weights_and_scores():
+    from mdmt.train.trainer import seed_everything
+
+    def run():
+        seed_everything(3)
+        spec, fm, model = _model(seed=3)
+        train = make_batch(spec, fm, size=64, seed=1)
+        valid = make_batch(spec, fm, size=32, seed=2)
+        seen = []
+        cfg = TrainConfig(epochs=2, batch_size=16, seed=3, patience=0, progress=False)
+        Trainer(model, cfg, lambda p: seen.append(p.copy()) or 0.0).fit(train, valid)
+        return model.state_dict(), seen
+
+    (a, pa), (b, pb) = run(), run()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert all(np.array_equal(x, y) for x, y in zip(pa, pb))
