@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"mdmt: error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FloatingPointError) as err:
         print(f"mdmt: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

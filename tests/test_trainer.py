@@ -184,3 +184,25 @@ def test_same_seed_same_weights_and_scores():
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert all(np.array_equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_task_weights_scale_the_loss():
+    spec, fm, model = _model()
+    b = make_batch(spec, fm, size=32, seed=1)
+    plain = Trainer(model, TrainConfig(progress=False), lambda p: 0.0)
+    weighted = Trainer(model, TrainConfig(progress=False), lambda p: 0.0, task_weights=[2.0, 0.0, 1.0])
+    with torch.no_grad():
+        _, per_task = plain._loss(b)
+        total, _ = weighted._loss(b)
+    assert total.item() == pytest.approx(2 * per_task[0].item() + per_task[2].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="task weights"):
+        Trainer(model, TrainConfig(progress=False), lambda p: 0.0, task_weights=[1.0])
+
+
+def test_non_finite_loss_is_reported_clearly():
+    spec, fm, model = _model()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    train = make_batch(spec, fm, size=32, seed=1)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        Trainer(model, TrainConfig(epochs=1, batch_size=16, progress=False), lambda p: 0.0).fit(train, train)

@@ -189,7 +189,7 @@ def run_experiment(
             model = build_model(cfg.model.name, unit_spec, fm, cfg.model.params,
                                 embedding_init_std=cfg.train.embedding_init_std)
             trainer = Trainer(model, cfg.train, _score_fn(cfg.train.monitor, va, spec, task_names),
-                              run_dir=run_dir, tag=unit.tag)
+                              run_dir=run_dir, tag=unit.tag, task_weights=[t.weight for t in unit_spec.tasks])
             progress.start_unit(unit.tag, steps=None)
             fit: FitResult = trainer.fit(tr, va, resume=resume, progress=progress.update)
             history.extend(fit.history)

@@ -111,6 +111,8 @@ class Trainer:
             e.g. the mean validation AUC over all (domain, task) cells.
         run_dir: where ``checkpoints/`` and ``log.jsonl`` go; None keeps everything in memory.
         tag: a name for this model inside a run (several per run in the per-domain/per-task regimes).
+        task_weights: ``w_t`` of the loss ``Σ_t w_t · BCE_t`` in ``model.task_names`` order
+            (``TaskSpec.weight``); default 1 for every task.
 
     Example::
 
@@ -125,6 +127,7 @@ class Trainer:
         score_fn: Callable[[np.ndarray], float],
         run_dir: Path | None = None,
         tag: str = "model",
+        task_weights: list[float] | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -134,7 +137,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
         self.task_names = model.task_names
-        self._weights: Tensor | None = None
+        if task_weights is not None and len(task_weights) != len(self.task_names):
+            raise ValueError(f"{len(task_weights)} task weights for {len(self.task_names)} tasks")
+        self._weights = torch.tensor(task_weights or [1.0] * len(self.task_names), device=self.device)
         groups = model.optim_groups()
         self._check_groups(groups)
         self.train_groups = [g for g in groups if g.step_on == "train"]
@@ -185,8 +190,6 @@ class Trainer:
     # ---- one step ---------------------------------------------------------------------------
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         out = self.model(batch)
-        if self._weights is None:
-            self._weights = torch.ones(len(self.task_names), device=self.device)
         return multitask_loss(out, batch, self.task_names, self._weights)
 
     def train_step(self, batch: Batch) -> tuple[float, Tensor]:
@@ -194,8 +197,6 @@ class Trainer:
         for o in self._train_opts:
             o.zero_grad(set_to_none=True)
         loss, per_task = self._loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} (per task: {per_task.tolist()})")
         loss.backward(inputs=self._train_params)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._train_params, self.cfg.grad_clip)
@@ -232,6 +233,13 @@ class Trainer:
             return
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def _check_finite(self, loss_sum: Tensor, epoch: int, step: int) -> None:
+        if not bool(torch.isfinite(loss_sum)):
+            raise FloatingPointError(
+                f"{self.tag}: the training loss became non-finite by epoch {epoch + 1}, step {step}; "
+                "lower train.lr or set train.grad_clip"
+            )
 
     def _should_stop(self, bad_epochs: int) -> bool:
         """Stop after ``patience`` epochs in a row without improvement (``patience=0``: never)."""
@@ -298,12 +306,15 @@ class Trainer:
                 loss_sum += loss
                 steps += 1
                 rows += len(batch)
+                if step % 20 == 0:  # a host sync only every 20 steps
+                    self._check_finite(loss_sum, epoch, step)
                 if progress is not None and (step % 20 == 0):
                     progress("step", tag=self.tag, epoch=epoch, step=step, steps=self._steps_per_epoch,
                              loss=float(loss), rows=len(batch))
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_seconds = time.perf_counter() - t0
+            self._check_finite(loss_sum, epoch, steps)
             seconds += epoch_seconds
             seen += rows
             probs = predict(self.model, valid, c.eval_batch_size, self.device)
