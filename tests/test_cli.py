@@ -101,6 +101,11 @@ def test_regimes_cover_every_cell(project: Path):
         aucs = {(c["domain"], c["task"]): c["auc"] for c in m["test"]["cells"]}
         assert aucs[("home", "click")] is not None and aucs[("search", "click")] is not None
         assert aucs[("search", "order")] is not None
+        # a multi-model run scores new rows with each row's own domain/task model
+        out = project / f"scores-{regime}.parquet"
+        assert main(["predict", str(run_dir), str(project / "rows.csv"), "--out", str(out)]) == 0
+        scores = pl.read_parquet(out)
+        assert scores.height == 3000 and scores["click"].is_not_nan().all()
 
 
 def test_unknown_config_key_is_a_clear_error(project: Path, capsys):

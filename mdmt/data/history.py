@@ -18,6 +18,18 @@ For every label ``l`` and each row at time ``t`` of user ``u`` and item ``v``:
 And, independent of labels: ``user_events`` / ``item_events`` (past events of ``u`` / ``v``) and
 ``hist_all`` (the items of the last ``seq_len`` past events of ``u``, most recent first).
 
+Keyword options of :func:`add_history_features` adapt these to other conventions without a second
+implementation:
+
+* ``prior_rates={l: p}`` replaces the global past rate by a constant prior ``p`` per label (e.g. a
+  published rate known in advance);
+* ``rate_denominator="events"`` divides by all past events (a null label then counts as an event
+  without a positive) instead of the past events with an observed label;
+* ``domain=<column>`` adds ``user_domain_events`` / ``item_domain_events``: past events of ``u`` /
+  ``v`` in the row's domain;
+* ``label_counts=False`` drops the ``*_{l}_count`` columns, ``sequence_labels`` picks the labels
+  with a ``hist_{l}`` sequence, and ``rename={default name: name}`` renames the added columns.
+
 Events with equal timestamps are ordered by their row position in the input frame; this only
 decides their order inside a sequence of a later row (never whether they are visible).
 
@@ -35,6 +47,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -45,20 +60,43 @@ from .base import DataError
 __all__ = ["add_history_features", "history_feature_specs", "history_columns", "past_sums"]
 
 
-def history_columns(labels: list[str], *, include_all: bool = True) -> dict[str, list[str]]:
-    """Names of the columns :func:`add_history_features` adds.
+def history_columns(
+    labels: list[str],
+    *,
+    include_all: bool = True,
+    label_counts: bool = True,
+    sequence_labels: Sequence[str] | None = None,
+    domain: bool = False,
+    rename: Mapping[str, str] | None = None,
+) -> dict[str, list[str]]:
+    """Names of the columns :func:`add_history_features` adds, under the same options.
 
-    Returns ``{"counts": [...], "rates": [...], "sequences": [...]}``.
+    ``domain`` says whether a domain column is given (it adds the per-domain event counts).
+
+    Returns ``{"counts": [...], "rates": [...], "sequences": [...]}``, each in output order.
+
+    Raises:
+        DataError: ``rename`` names a column that the options do not produce.
     """
     counts = ["user_events", "item_events"]
+    if domain:
+        counts += ["user_domain_events", "item_domain_events"]
     rates: list[str] = []
-    seqs = [f"hist_{label}" for label in labels]
+    seq_labels = list(labels) if sequence_labels is None else list(sequence_labels)
+    seqs = [f"hist_{label}" for label in seq_labels]
     for label in labels:
-        counts += [f"user_{label}_count", f"item_{label}_count"]
+        if label_counts:
+            counts += [f"user_{label}_count", f"item_{label}_count"]
         rates += [f"user_{label}_rate", f"item_{label}_rate"]
     if include_all:
         seqs.append("hist_all")
-    return {"counts": counts, "rates": rates, "sequences": seqs}
+    names = {"counts": counts, "rates": rates, "sequences": seqs}
+    if rename:
+        unknown = sorted(set(rename) - set(counts + rates + seqs))
+        if unknown:
+            raise DataError(f"history features: rename names columns {unknown} that are not produced")
+        names = {group: [rename.get(c, c) for c in cols] for group, cols in names.items()}
+    return names
 
 
 def history_feature_specs(
@@ -192,43 +230,78 @@ def add_history_features(
     prior_strength: float = 10.0,
     sequences: bool = True,
     include_all: bool = True,
+    prior_rates: Mapping[str, float] | None = None,
+    rate_denominator: Literal["observed", "events"] = "observed",
+    label_counts: bool = True,
+    sequence_labels: Sequence[str] | None = None,
+    domain: str | None = None,
+    rename: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """Add leak-free per-label user/item statistics and behaviour sequences (module docstring).
 
     Args:
-        frame: one row per event; ``user``, ``item`` and ``timestamp`` must have no nulls. Labels
-            hold 0/1 (null = unobserved: not counted in that label's rate denominator).
-        user / item / timestamp: column names. The timestamp must be numeric.
+        frame: one row per event; ``user``, ``item``, ``timestamp`` (and ``domain``) must have no
+            nulls. Labels hold 0/1 (null = unobserved: not counted in that label's rate
+            denominator, unless ``rate_denominator="events"``).
+        user / item / timestamp: column names. The timestamp must be numeric or temporal.
         labels: label columns; a value > 0.5 counts as positive.
         seq_len: maximum sequence length (``> 0``).
         prior_strength: ``k`` of the smoothed rates.
         sequences: also build the ``hist_*`` list columns.
         include_all: also build ``hist_all`` (all past events, whatever their labels).
+        prior_rates: ``{label: p}``, a constant prior rate per label (every label needs one)
+            instead of the Laplace-smoothed global past rate. Use a value known in advance, never
+            a rate measured on evaluation rows.
+        rate_denominator: ``"observed"``: past events whose label is not null; ``"events"``: all
+            past events (a null label counts as an event without a positive).
+        label_counts: also add the ``user_{l}_count`` / ``item_{l}_count`` columns.
+        sequence_labels: labels (a subset of ``labels``) with a ``hist_{l}`` sequence; ``None``
+            means all of them.
+        domain: a column; adds ``user_domain_events`` / ``item_domain_events``, the past events
+            of the row's user / item in the row's domain.
+        rename: ``{default name: output name}`` for some of the added columns.
 
     Returns:
-        ``frame`` (same rows, same order) plus the columns named by :func:`history_columns`:
-        counts as Int64, rates as Float64, sequences as lists of the item column's dtype.
+        ``frame`` (same rows, same order) plus the columns named by :func:`history_columns`
+        (same options), in that order: counts as Int64, rates as Float64, sequences as lists of
+        the item column's dtype.
+
+    Raises:
+        DataError: a missing column, a null key or timestamp, a non-numeric label or timestamp,
+            an added column that already exists, or inconsistent options.
     """
     if seq_len <= 0:
         raise DataError(f"seq_len must be > 0, got {seq_len}")
-    for col in [user, item, timestamp, *labels]:
+    if rate_denominator not in ("observed", "events"):
+        raise DataError(f"rate_denominator must be 'observed' or 'events', got {rate_denominator!r}")
+    for col in [user, item, timestamp, *labels, *([domain] if domain is not None else [])]:
         if col not in frame.columns:
             raise DataError(f"history features: column {col!r} not in frame (columns: {frame.columns})")
-    names = history_columns(labels, include_all=include_all)
+    seq_labels = list(labels) if sequence_labels is None else list(sequence_labels)
+    if not set(seq_labels) <= set(labels):
+        raise DataError(f"history features: sequence_labels {sorted(set(seq_labels) - set(labels))} are not labels")
+    if prior_rates is not None and not set(labels) <= set(prior_rates):
+        raise DataError(f"history features: prior_rates has no rate for {sorted(set(labels) - set(prior_rates))}")
+    names = history_columns(
+        labels, include_all=include_all, label_counts=label_counts, sequence_labels=seq_labels,
+        domain=domain is not None, rename=rename,
+    )  # fmt: skip
     new_cols = names["counts"] + names["rates"] + (names["sequences"] if sequences else [])
     clash = [c for c in new_cols if c in frame.columns]
     if clash:
         raise DataError(f"history features: columns {clash} already exist in the frame")
     ts_s = frame[timestamp]
+    if ts_s.dtype.is_temporal():
+        ts_s = ts_s.to_physical()
     if not ts_s.dtype.is_numeric():
-        raise DataError(f"timestamp column {timestamp!r} must be numeric, got {ts_s.dtype}")
+        raise DataError(f"timestamp column {timestamp!r} must be numeric or temporal, got {ts_s.dtype}")
     if ts_s.null_count():
         raise DataError(f"timestamp column {timestamp!r} has a null value at row {int(ts_s.is_null().arg_max())}")
     n = frame.height
     ts = ts_s.to_numpy()
-    u_order = _Order(_codes(frame[user], "user"), ts)
-    i_order = _Order(_codes(frame[item], "item"), ts)
-    g_order = _Order(np.zeros(n, dtype=np.int64), ts)
+    u_code, i_code = _codes(frame[user], "user"), _codes(frame[item], "item")
+    u_order = _Order(u_code, ts)
+    i_order = _Order(i_code, ts)
 
     # value matrix: [1 (event), obs_l, pos_l for each label]
     cols = [np.ones(n, dtype=np.int64)]
@@ -242,24 +315,38 @@ def add_history_features(
     values = np.stack(cols, axis=1) if n else np.zeros((0, len(cols)), dtype=np.int64)
     u_past = u_order.past(values)
     i_past = i_order.past(values)
-    g_past = g_order.past(values)
 
     k = float(prior_strength)
     out: dict[str, pl.Series] = {
         "user_events": pl.Series("user_events", u_past[:, 0], dtype=pl.Int64),
         "item_events": pl.Series("item_events", i_past[:, 0], dtype=pl.Int64),
     }
+    if domain is not None:
+        d_code = _codes(frame[domain], "domain")
+        n_dom = int(d_code.max(initial=0)) + 1
+        for side, code in (("user", u_code), ("item", i_code)):
+            past = _Order(code * n_dom + d_code, ts).past(values[:, 0])
+            out[f"{side}_domain_events"] = pl.Series(f"{side}_domain_events", past, dtype=pl.Int64)
+    g_past = _Order(np.zeros(n, dtype=np.int64), ts).past(values) if prior_rates is None else None
     for j, label in enumerate(labels):
         obs, pos = 1 + 2 * j, 2 + 2 * j
-        prior = (g_past[:, pos] + 1.0) / (g_past[:, obs] + 2.0)
+        den = 0 if rate_denominator == "events" else obs
+        if g_past is None:
+            prior: float | np.ndarray = float(prior_rates[label])  # type: ignore[index]
+        else:
+            prior = (g_past[:, pos] + 1.0) / (g_past[:, obs] + 2.0)
         for side, past in (("user", u_past), ("item", i_past)):
-            out[f"{side}_{label}_count"] = pl.Series(f"{side}_{label}_count", past[:, pos], dtype=pl.Int64)
-            rate = (past[:, pos] + k * prior) / (past[:, obs] + k)
+            if label_counts:
+                out[f"{side}_{label}_count"] = pl.Series(f"{side}_{label}_count", past[:, pos], dtype=pl.Int64)
+            rate = (past[:, pos] + k * prior) / (past[:, den] + k)
             out[f"{side}_{label}_rate"] = pl.Series(f"{side}_{label}_rate", rate, dtype=pl.Float64)
     if sequences:
         items = frame[item]
-        for j, label in enumerate(labels):
-            out[f"hist_{label}"] = _sequence(f"hist_{label}", u_order, values[:, 2 + 2 * j].astype(bool), items, seq_len)
+        for label in seq_labels:
+            pos = 2 + 2 * labels.index(label)
+            out[f"hist_{label}"] = _sequence(f"hist_{label}", u_order, values[:, pos].astype(bool), items, seq_len)
         if include_all:
             out["hist_all"] = _sequence("hist_all", u_order, np.ones(n, dtype=bool), items, seq_len)
-    return frame.with_columns([out[c] for c in new_cols])
+    renamed = [s.alias(rename.get(name, name)) if rename else s for name, s in out.items()]
+    by_name = {s.name: s for s in renamed}
+    return frame.with_columns([by_name[c] for c in new_cols])
