@@ -68,6 +68,8 @@ class TrainConfig(StrictModel):
     max_steps_per_epoch: int | None = None
     embedding_init_std: float = Field(default=0.01, gt=0)
     progress: bool = True
+    streaming: bool = False  # read training batches from the cached Parquet shards (needs data.cache_dir; regime mdmt)
+    shuffle_buffer: int = Field(default=200_000, ge=1)  # rows shuffled together when streaming
 
 
 class ExperimentConfig(StrictModel):

@@ -163,3 +163,18 @@ def test_demo_small(tmp_path: Path, capsys):
     assert "oracle" in out and "finish" in out
     run = next(tmp_path.iterdir())
     assert (run / "report.md").read_text().count("oracle") >= 1
+
+
+def test_streaming_training_from_parquet_shards(project: Path):
+    exp = (project / "exp.yaml").read_text().replace(
+        "data: {source: table,", f"data: {{cache_dir: {project / 'cache'}, source: table,")
+    (project / "stream.yaml").write_text(exp)
+    run_dir = project / "runs" / "stream"
+    assert main(["train", str(project / "stream.yaml"), "--run-dir", str(run_dir),
+                 "--set", "train.streaming=true", "--set", "train.shuffle_buffer=500"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["avg_auc"] > 0.55
+    log = [json.loads(x) for x in (run_dir / "log-all.jsonl").read_text().splitlines()]
+    assert log[0]["samples_per_sec"] > 0
+    # streaming without a cache is a clear error
+    assert main(["train", str(project / "exp.yaml"), "--set", "train.streaming=true"]) == 2

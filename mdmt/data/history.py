@@ -96,6 +96,9 @@ def history_columns(
         if unknown:
             raise DataError(f"history features: rename names columns {unknown} that are not produced")
         names = {group: [rename.get(c, c) for c in cols] for group, cols in names.items()}
+        flat = sum(names.values(), [])
+        if len(set(flat)) < len(flat):
+            raise DataError(f"history features: rename gives several columns one name: {flat}")
     return names
 
 
@@ -347,6 +350,5 @@ def add_history_features(
             out[f"hist_{label}"] = _sequence(f"hist_{label}", u_order, values[:, pos].astype(bool), items, seq_len)
         if include_all:
             out["hist_all"] = _sequence("hist_all", u_order, np.ones(n, dtype=bool), items, seq_len)
-    renamed = [s.alias(rename.get(name, name)) if rename else s for name, s in out.items()]
-    by_name = {s.name: s for s in renamed}
-    return frame.with_columns([by_name[c] for c in new_cols])
+    added = [s.alias((rename or {}).get(name, name)) for name, s in out.items()]
+    return frame.with_columns(sorted(added, key=lambda s: new_cols.index(s.name)))

@@ -52,9 +52,10 @@ Generative process
    ``O(1 / sqrt(positives))`` in logit: negligible for the oracle.
 6. **Oracle.** ``__oracle_<task> = sigmoid(logit_t)`` is the true probability of each label
    (registered in :attr:`RawData.oracle`, never a feature).
-7. **History features**: per-task user and item positive rates,
-   impression counts and behaviour sequences, computed from events strictly **before** the row's
-   timestamp (rows sharing a timestamp never see each other), so no label leaks into a feature.
+7. **History features** (:func:`mdmt.data.history.add_history_features`): per-task user and
+   item positive rates, impression counts and behaviour sequences, computed from events strictly
+   **before** the row's timestamp (rows sharing a timestamp never see each other), so no label
+   leaks into a feature.
 
 Example::
 
@@ -75,10 +76,10 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from ..schema import ConfigError, DatasetSpec, DomainSpec, FeatureSpec, SplitSpec, StrictModel, TaskSpec
 from .base import DataError, RawData
+from .history import add_history_features
 
 __all__ = [
     "SyntheticConfig",
@@ -341,157 +342,36 @@ def _labelled(name: str, names: "np.ndarray | tuple[str, ...]", codes: np.ndarra
     return pl.Series(name, list(names), dtype=pl.String).gather(pl.Series(codes, dtype=pl.UInt32))
 
 
-def _dense_codes(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    """One int64 code per row identifying the combination of ``columns`` (nulls are a value)."""
-    code = np.zeros(frame.height, dtype=np.int64)
-    for c in columns:
-        r = frame.select(pl.col(c).rank("dense").fill_null(0).cast(pl.Int64)).to_series().to_numpy()
-        code = code * (int(r.max(initial=0)) + 1) + r
-    return code
-
-
-@dataclass
-class _Before:
-    """Sorted layout of rows by (key, timestamp) for strictly-before aggregations."""
-
-    order: np.ndarray  # [N] row indices sorted by (key, ts)
-    first_key: np.ndarray  # [N] sorted position of the key's first row
-    first_tie: np.ndarray  # [N] sorted position of the first row of the same (key, ts)
-
-    @classmethod
-    def of(cls, key: np.ndarray, ts: np.ndarray) -> "_Before":
-        order = np.lexsort((ts, key))
-        k, t = key[order], ts[order]
-        n = order.size
-        new_key = np.ones(n, dtype=bool)
-        new_key[1:] = k[1:] != k[:-1]
-        new_tie = new_key.copy()
-        new_tie[1:] |= t[1:] != t[:-1]
-        idx = np.arange(n)
-        first_key = np.maximum.accumulate(np.where(new_key, idx, 0))
-        first_tie = np.maximum.accumulate(np.where(new_tie, idx, 0))
-        return cls(order, first_key, first_tie)
-
-    def unsort(self, sorted_values: np.ndarray) -> np.ndarray:
-        out = np.empty_like(sorted_values)
-        out[self.order] = sorted_values
-        return out
-
-    def count(self) -> np.ndarray:
-        """[N] rows of the same key with a strictly smaller timestamp."""
-        return self.unsort(self.first_tie - self.first_key)
-
-    def sums(self, x: np.ndarray) -> np.ndarray:
-        """[N, m] sums of ``x`` ([N, m], row order) over rows of the same key strictly before."""
-        c = np.zeros((x.shape[0] + 1, x.shape[1]), dtype=np.float64)
-        np.cumsum(x[self.order], axis=0, out=c[1:])
-        return self.unsort(c[self.first_tie] - c[self.first_key])
-
-
-def _history_features(
-    frame: pl.DataFrame,
-    *,
-    user: str,
-    item: str,
-    timestamp: str,
-    tasks: list[str],
-    domain: str | None = None,
-    sequences: list[str] | None = None,
-    seq_len: int = 20,
-    prior_rates: dict[str, float] | None = None,
-    smoothing: float = _SMOOTHING,
+def _add_history(
+    frame: pl.DataFrame, *, tasks: list[str], sequences: list[str], seq_len: int, prior_rates: dict[str, float]
 ) -> pl.DataFrame:
-    """Add per-task user / item statistics and behaviour sequences that use only the past.
+    """Append the leak-free history features of :mod:`mdmt.data.history` under this module's names.
 
-    Every feature of a row is computed from events with a timestamp **strictly smaller** than the
-    row's own: rows sharing a timestamp (ties) never see each other's labels. Rows are sorted by
-    (key, timestamp) once per key and aggregated with cumulative sums, so the cost is a few sorts.
+    Added columns, in this order (``t`` in ``tasks``, ``b`` in ``sequences``):
+      * ``user_count_prior`` / ``item_count_prior``: earlier impressions of the user / item;
+      * ``user_domain_count_prior`` / ``item_domain_count_prior``: the same in the row's domain;
+      * ``user_<t>_rate_prior`` (all tasks), then ``item_<t>_ctr_prior`` (all tasks): the smoothed
+        earlier positive rate ``(positives + _SMOOTHING * prior_rates[t]) / (impressions +
+        _SMOOTHING)``; a null label counts as an impression without a positive;
+      * ``seq_<b>``: the user's earlier items whose ``b`` label was 1, most recent first.
 
-    Added columns (``t`` in ``tasks``, ``b`` in ``sequences``):
-      * ``user_count_prior`` / ``item_count_prior``: earlier impressions of the user / item.
-      * ``user_domain_count_prior`` / ``item_domain_count_prior`` (when ``domain`` is given):
-        earlier impressions of the user / item in the row's domain.
-      * ``user_<t>_rate_prior`` / ``item_<t>_ctr_prior``: smoothed earlier positive rate
-        ``(positives + smoothing * p0) / (impressions + smoothing)``, ``p0 = prior_rates[t]``
-        (default 0). Null labels count as impressions without a positive.
-      * ``seq_<b>``: list of the user's earlier items whose ``b`` label was 1, most recent first,
-        at most ``seq_len`` (ties in the past are ordered by row position).
-
-    Args:
-        frame: one row per impression; ``tasks`` / ``sequences`` name 0/1 label columns.
-        user, item, timestamp, domain: column names.
-        prior_rates: ``{task: p0}`` of the smoothing prior; use a constant known in advance
-            (e.g. a published rate), never a rate measured on the evaluation rows.
-
-    Returns:
-        ``frame`` with the columns above appended, row order unchanged.
+    ``frame`` needs the columns ``user_id``, ``item_id``, ``timestamp``, ``domain`` and the labels.
     """
-    for c in [user, item, timestamp, *tasks, *(sequences or []), *([domain] if domain else [])]:
-        if c not in frame.columns:
-            raise DataError(f"_history_features: column {c!r} is missing (have {frame.columns})")
-    if frame.height == 0:
-        raise DataError("_history_features: the frame has no rows")
-    if frame[timestamp].null_count():
-        raise DataError(f"_history_features: column {timestamp!r} has nulls")
-    ts_col = frame[timestamp]
-    if ts_col.dtype.is_temporal():
-        ts_col = ts_col.to_physical()
-    if not ts_col.dtype.is_numeric():
-        raise DataError(f"_history_features: column {timestamp!r} is {ts_col.dtype}, not a number or a time")
-    ts = ts_col.to_numpy()
-    labels = np.stack(
-        [frame[t].cast(pl.Float64).fill_null(0.0).to_numpy() for t in tasks], axis=1
-    ) if tasks else np.zeros((frame.height, 0))
-    p0 = np.array([(prior_rates or {}).get(t, 0.0) for t in tasks], dtype=np.float64)
-    user_code = _dense_codes(frame, [user])
-    item_code = _dense_codes(frame, [item])
-    by_user = _Before.of(user_code, ts)
-    by_item = _Before.of(item_code, ts)
-    cols: list[pl.Series] = []
-    u_cnt = by_user.count()
-    i_cnt = by_item.count()
-    cols.append(pl.Series("user_count_prior", u_cnt, dtype=pl.Int64))
-    cols.append(pl.Series("item_count_prior", i_cnt, dtype=pl.Int64))
-    if domain is not None:
-        dom_code = _dense_codes(frame, [domain])
-        nd = int(dom_code.max()) + 1
-        for name, code in (("user", user_code), ("item", item_code)):
-            before = _Before.of(code * nd + dom_code, ts).count()
-            cols.append(pl.Series(f"{name}_domain_count_prior", before, dtype=pl.Int64))
-    if tasks:
-        u_pos = by_user.sums(labels)
-        i_pos = by_item.sums(labels)
-        u_rate = (u_pos + smoothing * p0) / (u_cnt[:, None] + smoothing)
-        i_rate = (i_pos + smoothing * p0) / (i_cnt[:, None] + smoothing)
-        for j, t in enumerate(tasks):
-            cols.append(pl.Series(f"user_{t}_rate_prior", u_rate[:, j], dtype=pl.Float64))
-        for j, t in enumerate(tasks):
-            cols.append(pl.Series(f"item_{t}_ctr_prior", i_rate[:, j], dtype=pl.Float64))
-    if sequences:
-        items = frame[item].to_numpy()
-        if frame[item].null_count():
-            raise DataError(f"_history_features: column {item!r} has nulls")
-        for b in sequences:
-            positive = frame[b].cast(pl.Float64).fill_null(0.0).to_numpy() > 0
-            cols.append(_sequence(by_user, positive, items, seq_len, f"seq_{b}"))
-    return frame.with_columns(cols)
-
-
-def _sequence(by: _Before, positive: np.ndarray, items: np.ndarray, seq_len: int, name: str) -> pl.Series:
-    """``[N]`` list column: the key's last ``seq_len`` positive items strictly before, newest first."""
-    x = positive[by.order].astype(np.int64)
-    c = np.zeros(x.size + 1, dtype=np.int64)
-    np.cumsum(x, out=c[1:])
-    pos_items = items[by.order][x == 1]  # positives in (key, ts) order; c[i] indexes into it
-    end = by.unsort(c[by.first_tie])  # one past the newest positive strictly before the row
-    start = by.unsort(c[by.first_key])
-    length = np.minimum(end - start, seq_len)
-    offsets = np.zeros(length.size + 1, dtype=np.int64)
-    np.cumsum(length, out=offsets[1:])
-    within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], length)
-    values = pos_items[np.repeat(end, length) - 1 - within]
-    arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
-    return pl.Series(name, arr)
+    rename = {
+        "user_events": "user_count_prior",
+        "item_events": "item_count_prior",
+        "user_domain_events": "user_domain_count_prior",
+        "item_domain_events": "item_domain_count_prior",
+    }
+    rename |= {f"user_{t}_rate": f"user_{t}_rate_prior" for t in tasks}
+    rename |= {f"item_{t}_rate": f"item_{t}_ctr_prior" for t in tasks}
+    rename |= {f"hist_{b}": f"seq_{b}" for b in sequences}
+    out = add_history_features(
+        frame, user="user_id", item="item_id", timestamp="timestamp", labels=tasks, seq_len=seq_len,
+        prior_strength=_SMOOTHING, prior_rates=prior_rates, rate_denominator="events", label_counts=False,
+        sequence_labels=sequences, include_all=False, domain="domain", rename=rename,
+    )  # fmt: skip
+    return out.select(*frame.columns, *rename.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,10 +551,7 @@ def generate(cfg: SyntheticConfig) -> RawData:
         cols[t] = pl.Series(t, labels[:, i], dtype=pl.Int8)
     frame = pl.DataFrame(list(cols.values()))
     prior = {t: float(np.mean([preset.rates[d][t] for d in doms])) for t in tasks}
-    frame = _history_features(
-        frame, user="user_id", item="item_id", timestamp="timestamp", domain="domain",
-        tasks=list(tasks), sequences=seq_behaviours, seq_len=cfg.seq_len, prior_rates=prior,
-    )
+    frame = _add_history(frame, tasks=list(tasks), sequences=seq_behaviours, seq_len=cfg.seq_len, prior_rates=prior)
     frame = frame.with_columns(
         [pl.Series(f"{ORACLE_PREFIX}{t}", oracle[:, i], dtype=pl.Float64) for i, t in enumerate(tasks)]
     )

@@ -31,7 +31,7 @@ from ..featuremap import FeatureMap
 from ..metrics import EvalResult, evaluate
 from ..models import build_model
 from ..models.base import MDMTModel
-from ..schema import DatasetSpec
+from ..schema import ConfigError, DatasetSpec
 from .trainer import FitResult, Trainer, atomic_save, predict, resolve_device, seed_everything
 
 __all__ = ["Unit", "RunResult", "regime_units", "run_experiment", "evaluate_split", "LoadedRun", "load_run"]
@@ -168,6 +168,15 @@ def run_experiment(
 
     train, valid, test = prepared.splits["train"], prepared.splits["valid"], prepared.splits["test"]
     units = regime_units(cfg.train.regime, spec)
+    stream = None
+    if cfg.train.streaming:
+        if cfg.train.regime != "mdmt" or prepared.cache_path is None:
+            raise ConfigError("train.streaming reads the cached Parquet shards: it needs data.cache_dir "
+                              f"and regime 'mdmt' (got regime {cfg.train.regime!r}, cache {prepared.cache_path})")
+        from ..data.loader import ParquetStream
+
+        stream = ParquetStream.from_cache(prepared.cache_path, "train", cfg.train.batch_size, shuffle=True,
+                                          seed=cfg.train.seed, buffer_rows=cfg.train.shuffle_buffer)
     (run_dir / "units.json").write_text(json.dumps([u.__dict__ for u in units], indent=1))
     valid_probs = np.full((len(valid), spec.num_tasks), np.nan)
     test_probs = np.full((len(test), spec.num_tasks), np.nan)
@@ -191,7 +200,8 @@ def run_experiment(
             trainer = Trainer(model, cfg.train, _score_fn(cfg.train.monitor, va, spec, task_names),
                               run_dir=run_dir, tag=unit.tag, task_weights=[t.weight for t in unit_spec.tasks])
             progress.start_unit(unit.tag, steps=None)
-            fit: FitResult = trainer.fit(tr, va, resume=resume, progress=progress.update)
+            fit: FitResult = trainer.fit(stream if stream is not None else tr, va, resume=resume,
+                                         progress=progress.update)
             history.extend(fit.history)
             seconds += fit.train_seconds
             samples += fit.samples_seen

@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ..data.loader import BatchIterator
 from ..models.base import MDMTModel, OptimGroup
 from .loss import multitask_loss
 
-__all__ = ["Trainer", "FitResult", "seed_everything", "resolve_device", "atomic_save", "predict"]
+__all__ = ["Trainer", "BatchSource", "FitResult", "seed_everything", "resolve_device", "atomic_save", "predict"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -76,6 +76,16 @@ def predict(model: MDMTModel, data: Batch, batch_size: int, device: torch.device
     if not outs:
         return np.zeros((0, model.num_tasks))
     return torch.cat(outs).numpy().astype(np.float64)
+
+
+class BatchSource(Protocol):
+    """What :meth:`Trainer.fit` iterates: batches of one epoch per ``iter()``, reshuffled by ``set_epoch``."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
 
 
 _OPTIMIZERS = {
@@ -246,13 +256,18 @@ class Trainer:
         return self.cfg.patience > 0 and bad_epochs >= self.cfg.patience
 
     # ---- the loop ---------------------------------------------------------------------------
-    def fit(self, train: Batch, valid: Batch, resume: bool = False, progress: Callable | None = None) -> FitResult:
+    def fit(
+        self, train: Batch | BatchSource, valid: Batch, resume: bool = False, progress: Callable | None = None
+    ) -> FitResult:
         """Train with early stopping on ``score_fn(valid)``, then restore the best weights.
 
+        ``train`` is a whole split in memory (sliced per batch by a shuffling
+        :class:`~mdmt.data.loader.BatchIterator`) or any batch source with ``set_epoch`` and
+        ``__len__``, e.g. a :class:`~mdmt.data.loader.ParquetStream` for data larger than memory.
         ``progress`` (optional) is called as ``progress(event, **info)`` for a live display.
         """
         c = self.cfg
-        it = BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
+        it = train if not isinstance(train, Batch) else BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
         self._steps_per_epoch = len(it) if c.max_steps_per_epoch is None else min(len(it), c.max_steps_per_epoch)
         self._make_schedulers(self._steps_per_epoch * c.epochs)
         valid_it = BatchIterator(valid, c.batch_size, shuffle=True, seed=c.seed + 7919) if self.valid_groups else None
