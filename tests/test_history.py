@@ -128,6 +128,114 @@ def test_statistics_do_not_depend_on_row_order() -> None:
         assert [sorted(x) for x in a[c].to_list()] == [sorted(x) for x in b[c].to_list()]
 
 
+def _random_frame(seed: int, n: int = 250) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    like = rng.integers(0, 2, n).astype(float)
+    like[rng.random(n) < 0.15] = np.nan
+    return pl.DataFrame(
+        {
+            "u": rng.integers(0, 8, n),
+            "i": rng.integers(0, 15, n),
+            "t": rng.integers(0, 30, n),  # many ties
+            "d": rng.choice(["A", "B", "C"], n),
+            "click": rng.integers(0, 2, n),
+            "like": like,
+        }
+    ).with_columns(pl.col("like").fill_nan(None).cast(pl.Int64))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_options_match_brute_force(seed: int) -> None:
+    """Constant priors, all-events denominators, per-domain counts, chosen sequences, renaming."""
+    f = _random_frame(seed)
+    prior = {"click": 0.3, "like": 0.05}
+    rename = {"user_events": "n_user", "item_domain_events": "n_item_dom", "user_like_rate": "ul", "hist_like": "seq_like"}
+    out = add_history_features(
+        f, user="u", item="i", timestamp="t", labels=["click", "like"], seq_len=4, prior_strength=7.0,
+        prior_rates=prior, rate_denominator="events", label_counts=False, sequence_labels=["like"],
+        include_all=False, domain="d", rename=rename,
+    )  # fmt: skip
+    assert out.columns == [
+        *f.columns, "n_user", "item_events", "user_domain_events", "n_item_dom",
+        "user_click_rate", "item_click_rate", "ul", "item_like_rate", "seq_like",
+    ]  # fmt: skip
+    rows = f.with_row_index("row").to_dicts()
+    for r in rows:
+        past = [e for e in rows if e["t"] < r["t"]]
+        up = [e for e in past if e["u"] == r["u"]]
+        ip = [e for e in past if e["i"] == r["i"]]
+        j = r["row"]
+        assert out["n_user"][j] == len(up) and out["item_events"][j] == len(ip)
+        assert out["user_domain_events"][j] == sum(e["d"] == r["d"] for e in up)
+        assert out["n_item_dom"][j] == sum(e["d"] == r["d"] for e in ip)
+        for lab, ucol, icol in (("click", "user_click_rate", "item_click_rate"), ("like", "ul", "item_like_rate")):
+            # every past event is in the denominator, a null label is an event without a positive
+            for col, evs in ((ucol, up), (icol, ip)):
+                want = (sum(e[lab] or 0 for e in evs) + 7.0 * prior[lab]) / (len(evs) + 7.0)
+                assert out[col][j] == pytest.approx(want, rel=1e-12), (col, j)
+        recent = sorted(up, key=lambda e: (e["t"], e["row"]), reverse=True)
+        assert out["seq_like"][j].to_list() == [e["i"] for e in recent if e["like"] == 1][:4]
+
+
+def test_default_options_are_unchanged_by_the_new_keywords() -> None:
+    """Passing the defaults explicitly gives the default output, and ``domain`` only adds columns."""
+    f = _random_frame(3)
+    kw = dict(user="u", item="i", timestamp="t", labels=["click", "like"], seq_len=5)
+    base = add_history_features(f, **kw)
+    same = add_history_features(
+        f, **kw, prior_rates=None, rate_denominator="observed", label_counts=True, sequence_labels=None, rename={}
+    )
+    assert base.equals(same)
+    with_dom = add_history_features(f, **kw, domain="d")
+    assert with_dom.drop("user_domain_events", "item_domain_events").equals(base)
+    assert with_dom.columns.index("user_domain_events") == f.width + 2  # right after the event counts
+
+
+def test_history_columns_follow_the_options() -> None:
+    names = history_columns(
+        ["click", "like"], include_all=False, label_counts=False, sequence_labels=["click"], domain=True,
+        rename={"hist_click": "seq_click", "item_like_rate": "item_like_ctr"},
+    )  # fmt: skip
+    assert names == {
+        "counts": ["user_events", "item_events", "user_domain_events", "item_domain_events"],
+        "rates": ["user_click_rate", "item_click_rate", "user_like_rate", "item_like_ctr"],
+        "sequences": ["seq_click"],
+    }
+
+
+def test_temporal_timestamp_equals_its_integer_form() -> None:
+    f = _random_frame(4)
+    kw = dict(user="u", item="i", labels=["click"], seq_len=3)
+    as_int = add_history_features(f, timestamp="t", **kw)
+    as_dt = add_history_features(f.with_columns(pl.from_epoch("t", time_unit="s")), timestamp="t", **kw)
+    cols = sum(history_columns(["click"]).values(), [])
+    assert as_dt.select(cols).equals(as_int.select(cols))
+
+
+def test_option_errors_are_clear() -> None:
+    f = _random_frame(5, n=20)
+    kw = dict(user="u", item="i", timestamp="t", labels=["click", "like"], seq_len=3)
+    with pytest.raises(DataError, match="prior_rates has no rate for \\['like'\\]"):
+        add_history_features(f, **kw, prior_rates={"click": 0.1})
+    with pytest.raises(DataError, match="sequence_labels \\['d'\\] are not labels"):
+        add_history_features(f, **kw, sequence_labels=["d"])
+    with pytest.raises(DataError, match="rate_denominator"):
+        add_history_features(f, **kw, rate_denominator="rows")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="rename names columns \\['user_click'\\]"):
+        add_history_features(f, **kw, rename={"user_click": "x"})
+    with pytest.raises(DataError, match="several columns one name"):
+        add_history_features(f, **kw, rename={"user_events": "n", "item_events": "n"})
+    with pytest.raises(DataError, match="'nodomain' not in frame"):
+        add_history_features(f, **kw, domain="nodomain")
+    with pytest.raises(DataError, match="'d'.*null.*row 4"):
+        add_history_features(
+            f.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col("d")).alias("d")),
+            **kw, domain="d",
+        )  # fmt: skip
+    with pytest.raises(DataError, match="already exist"):
+        add_history_features(f.with_columns(pl.lit(0).alias("n")), **kw, rename={"user_events": "n"})
+
+
 def test_past_sums_helper() -> None:
     key = np.array([0, 0, 1, 0, 1])
     ts = np.array([5, 5, 1, 7, 2])

@@ -12,7 +12,7 @@ from mdmt.data.synthetic import (
     ORACLE_PREFIX,
     PRESETS,
     SyntheticConfig,
-    _history_features,
+    _add_history,
     generate,
     oracle_auc,
 )
@@ -213,10 +213,7 @@ def test_history_features_exclude_rows_with_equal_timestamp(small):
     drop = [c for c in small.frame.columns if c.endswith("_prior") or c.startswith("seq_")]
     coarse = small.frame.drop(drop).with_columns((pl.col("timestamp") // 7200 * 7200).alias("timestamp"))
     prior = small.meta["prior_rates"]
-    out = _history_features(
-        coarse, user="user_id", item="item_id", timestamp="timestamp", domain="domain",
-        tasks=tasks, sequences=seqs, seq_len=5, prior_rates=prior,
-    )
+    out = _add_history(coarse, tasks=tasks, sequences=seqs, seq_len=5, prior_rates=prior)
     assert out.height == coarse.height and out["user_id"].equals(coarse["user_id"])
     ties = _check_history(out, tasks, seqs, prior, 5, sample=150, seed=1)
     assert ties > 20  # the check really exercised ties
@@ -225,21 +222,28 @@ def test_history_features_exclude_rows_with_equal_timestamp(small):
 def test_history_features_on_hand_made_frame():
     frame = pl.DataFrame(
         {
-            "u": ["x", "x", "x", "x", "y"],
-            "i": [10, 11, 12, 13, 10],
-            "ts": [5, 5, 7, 9, 6],
+            "user_id": ["x", "x", "x", "x", "y"],
+            "item_id": [10, 11, 12, 13, 10],
+            "timestamp": [5, 5, 7, 9, 6],
+            "domain": ["A", "B", "A", "A", "A"],
             "like": [1, 1, 0, None, 1],
         }
     )
-    out = _history_features(frame, user="u", item="i", timestamp="ts", tasks=["like"], sequences=["like"],
-                               seq_len=3, smoothing=1.0)
+    out = _add_history(frame, tasks=["like"], sequences=["like"], seq_len=3, prior_rates={"like": 0.25})
+    assert out.columns == [
+        *frame.columns, "user_count_prior", "item_count_prior", "user_domain_count_prior",
+        "item_domain_count_prior", "user_like_rate_prior", "item_like_ctr_prior", "seq_like",
+    ]  # fmt: skip
     assert out["seq_like"].to_list() == [[], [], [11, 10], [11, 10], []]
     assert out["user_count_prior"].to_list() == [0, 0, 2, 3, 0]
     assert out["item_count_prior"].to_list() == [0, 0, 0, 0, 1]
-    assert out["user_like_rate_prior"].to_list() == pytest.approx([0, 0, 2 / 3, 2 / 4, 0])
-    assert out["item_like_ctr_prior"].to_list() == pytest.approx([0, 0, 0, 0, 1 / 2])
-    with pytest.raises(DataError, match="'nope'"):
-        _history_features(frame, user="u", item="i", timestamp="nope", tasks=["like"])
+    assert out["user_domain_count_prior"].to_list() == [0, 0, 1, 2, 0]
+    assert out["item_domain_count_prior"].to_list() == [0, 0, 0, 0, 1]
+    # (positives + 20 * 0.25) / (impressions + 20); the null like of row 3 is never a positive
+    assert out["user_like_rate_prior"].to_list() == pytest.approx([0.25, 0.25, 7 / 22, 7 / 23, 0.25])
+    assert out["item_like_ctr_prior"].to_list() == pytest.approx([0.25, 0.25, 0.25, 0.25, 6 / 21])
+    with pytest.raises(DataError, match="'domain'"):
+        _add_history(frame.drop("domain"), tasks=["like"], sequences=[], seq_len=3, prior_rates={"like": 0.0})
 
 
 # ---- oracle -----------------------------------------------------------------------------------

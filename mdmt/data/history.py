@@ -151,7 +151,7 @@ class _Order:
 
     def __init__(self, key: np.ndarray, ts: np.ndarray) -> None:
         n = len(ts)
-        self.order = np.lexsort((np.arange(n), ts, key))
+        self.order = np.lexsort((ts, key))  # lexsort is stable: ties keep their row order
         k, t = key[self.order], ts[self.order]
         pos = np.arange(n)
         new_key = np.ones(n, dtype=bool)
@@ -167,6 +167,12 @@ class _Order:
         out = np.zeros((len(v) + 1,) + v.shape[1:], dtype=np.int64)
         np.cumsum(v, axis=0, out=out[1:])
         return out
+
+    def past_count(self) -> np.ndarray:
+        """Per original row: number of rows of the same key with a smaller timestamp."""
+        res = np.empty(len(self.order), dtype=np.int64)
+        res[self.order] = self.tie_start - self.key_start
+        return res
 
     def past(self, values: np.ndarray) -> np.ndarray:
         """Per original row: sum of ``values`` over rows of the same key with a smaller timestamp."""
@@ -328,7 +334,7 @@ def add_history_features(
         d_code = _codes(frame[domain], "domain")
         n_dom = int(d_code.max(initial=0)) + 1
         for side, code in (("user", u_code), ("item", i_code)):
-            past = _Order(code * n_dom + d_code, ts).past(values[:, 0])
+            past = _Order(code * n_dom + d_code, ts).past_count()
             out[f"{side}_domain_events"] = pl.Series(f"{side}_domain_events", past, dtype=pl.Int64)
     g_past = _Order(np.zeros(n, dtype=np.int64), ts).past(values) if prior_rates is None else None
     for j, label in enumerate(labels):
