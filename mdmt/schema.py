@@ -194,6 +194,12 @@ class DatasetSpec(StrictModel):
                     raise ValueError(f"table {t.name!r} names unknown feature {f!r}")
                 if self.feature(f).kind == "dense" and self.feature(f).transform != "bucketize":
                     raise ValueError(f"table {t.name!r}: dense feature {f!r} is not bucketised and has no ids")
+            vocabs = {self.feature(f).vocab_name for f in t.features}
+            if len(vocabs) > 1:
+                raise ValueError(
+                    f"table {t.name!r} mixes features of different vocabularies {sorted(vocabs)}: their ids "
+                    "would share rows; give them one vocab (FeatureSpec.vocab) or separate tables"
+                )
         tnames = [t.name for t in self.tasks]
         if len(set(tnames)) != len(tnames):
             raise ValueError("task names must be unique")

@@ -71,3 +71,24 @@ def test_batch_slice_index_concat():
     assert torch.equal(i.sequences["hist_item"][1], b.sequences["hist_item"][9])
     c = type(b).concat([s, i])
     assert len(c) == 5
+
+
+def test_table_mixing_vocabularies_is_rejected():
+    with pytest.raises(Exception, match="different vocabularies"):
+        DatasetSpec.model_validate(
+            {"name": "x", "features": [{"name": "u"}, {"name": "i"}],
+             "tables": [{"name": "t", "dim": 4, "features": ["u", "i"]}],
+             "domain": {"column": "d", "names": ["a"]}, "tasks": [{"name": "y", "label": "y"}]}
+        )
+
+
+def test_readme_schema_example_is_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n# shop.yaml: the schema\n(.*?)```", readme, re.S).group(1)
+    spec = DatasetSpec.model_validate(yaml.safe_load(block))
+    assert [t.per_domain for t in spec.effective_tables()] == [False, False, True]
