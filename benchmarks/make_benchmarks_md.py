@@ -4,7 +4,9 @@ Inputs (each produced by a command in this repository):
 
 * every bench output directory holding ``meta.json`` and ``cells/`` — written by
   ``mdmt bench configs/bench/<name>.yaml`` (``output_dir`` in the config);
-* ``benchmarks/results/train_throughput.json`` — written by ``python benchmarks/train_throughput.py``.
+* ``benchmarks/results/train_throughput.json`` — written by ``python benchmarks/train_throughput.py``;
+* ``benchmarks/results/loader_speed.json`` and ``metrics_speed.json`` — written by
+  ``python benchmarks/loader_speed.py`` and ``python benchmarks/metrics_speed.py``.
 
 Nothing is re-trained: the tables are rebuilt from the per-run records, so the page always shows
 what those commands measured. Run from the repository root::
@@ -30,6 +32,58 @@ RESULTS = Path("benchmarks") / "results"
 FIRST = ["ml100k_m3oe", "douyin"]  #: section order of the shipped benches
 
 
+def _speed_sections(loader_json: Path, metrics_json: Path) -> str:
+    """Markdown for the data-path and metric speed benchmarks (empty when they were not run)."""
+    import json
+
+    parts = []
+    if loader_json.exists():
+        d = json.loads(loader_json.read_text())
+        m = d["machine"]
+        parts += [
+            "## Data path speed",
+            "",
+            "Regenerate: `python benchmarks/loader_speed.py`",
+            "",
+            f"Machine: {m.get('platform')}, {m.get('cpu_count')} logical cores, torch {m.get('torch')}. "
+            f"{d['rows']:,} rows, {d['sparse_features']} sparse and {d['dense_features']} dense features, "
+            f"batch {d['batch_size']:,}.",
+            "",
+            "| Path | Rows/s | vs per-row DataLoader (same run) |",
+            "| :--- | ---: | ---: |",
+            f"| BatchIterator, shuffled (the training fast path) | {d['batch_iterator']['rows_per_sec']:,.0f} | "
+            f"{d['speedup_vs_reference']:.0f}× |",
+            f"| ParquetStream, shuffled (the streaming path) | {d['parquet_stream']['rows_per_sec']:,.0f} | "
+            f"{d['parquet_stream']['rows_per_sec'] / d['reference_dataloader']['rows_per_sec']:.0f}× |",
+            f"| per-row `Dataset.__getitem__` + default collation (reference) | "
+            f"{d['reference_dataloader']['rows_per_sec']:,.0f} | 1× |",
+            "",
+        ]
+    if metrics_json.exists():
+        d = json.loads(metrics_json.read_text())
+        m = d["machine"]
+        parts += [
+            "## Metric speed",
+            "",
+            "Regenerate: `python benchmarks/metrics_speed.py`",
+            "",
+            f"Machine: {m.get('platform')}, {m.get('cpu_count')} logical cores "
+            f"(load average {m.get('load_average_1min')} during the run).",
+            "",
+            "| What | Seconds |",
+            "| :--- | ---: |",
+            f"| GAUC, {d['rows']:,} rows, {d['groups']:,} groups (vectorised) | {d['gauc_seconds']:.2f} |",
+            f"| the same with a per-group scikit-learn loop (timed on {d['reference_groups']:,} groups, "
+            f"extrapolated) | {d['reference_seconds_extrapolated']:.0f} |",
+            f"| `evaluate`: {d['evaluate_shape']['rows']:,} rows × {d['evaluate_shape']['tasks']} tasks × "
+            f"{d['evaluate_shape']['domains']} domains, AUC + GAUC + LogLoss + oracle | {d['evaluate_seconds']:.1f} |",
+            "",
+            f"Largest difference from scikit-learn on the timed subset: {d['max_abs_difference_subset']:.1e}.",
+            "",
+        ]
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benches", nargs="*", default=None,
@@ -43,6 +97,9 @@ def main(argv: list[str] | None = None) -> Path:
         benches = [str(d) for d in sorted(found, key=lambda d: (d.name not in FIRST, FIRST.index(d.name) if d.name in FIRST else 0, d.name))]
     out = write_benchmarks_md(benches, args.throughput, out=args.out,
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
+    extra = _speed_sections(RESULTS / "loader_speed.json", RESULTS / "metrics_speed.json")
+    if extra:
+        Path(out).write_text(Path(out).read_text().rstrip("\n") + "\n\n" + extra)
     print(f"wrote {out} from {len(benches)} bench result(s)"
           + (f" and {args.throughput}" if Path(args.throughput).exists() else ""))
     return out
