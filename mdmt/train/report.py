@@ -29,6 +29,13 @@ def _clean(x):
     return x
 
 
+def _one_based(best: int | dict[str, int]) -> str:
+    """Epochs are counted from 1 in every human-facing text (they are 0-based in the JSON)."""
+    if isinstance(best, dict):
+        return ", ".join(f"{k} {v + 1}" for k, v in best.items())
+    return str(best + 1)
+
+
 def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False) -> None:
     """Write ``metrics.json``, ``report.md``, ``heatmap_test_auc.png`` and ``predictions_test.parquet``
     into ``result.run_dir`` and print the per-domain × per-task test table."""
@@ -38,7 +45,7 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         "model": cfg.model.name,
         "regime": cfg.train.regime,
         "seed": cfg.train.seed,
-        "best_epoch": result.best_epoch,
+        "best_epoch": result.best_epoch,  # 0-based index into the history; -1 = no epoch improved
         "train_seconds": result.train_seconds,
         "train_samples_per_sec": result.samples_per_sec,
         "valid": result.valid.to_dict(),
@@ -67,12 +74,15 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         "",
         f"- model: `{cfg.model.name}`  regime: `{cfg.train.regime}`  seed: {cfg.train.seed}",
         f"- data: `{cfg.data.source}` {json.dumps(cfg.data.params)}",
-        f"- best epoch: {result.best_epoch}; training time {result.train_seconds:.1f} s; "
+        f"- best epoch: {_one_based(result.best_epoch)}; training time {result.train_seconds:.1f} s; "
         f"{result.samples_per_sec:,.0f} training samples/s",
         "",
         "## Test (best validation epoch's weights)",
         "",
-        result.test.markdown(),
+        result.test.markdown(metrics=("auc", "gauc", "gauc_coverage", "logloss", "positives", "n")),
+        "",
+        "GAUC is the impression-weighted mean of per-user AUCs over users with both classes; "
+        "GAUC coverage is the share of the cell's rows in such users.",
         "",
         f"Average test AUC {result.test.avg_auc:.4f}, GAUC {result.test.avg_gauc:.4f}, "
         f"LogLoss {result.test.avg_logloss:.4f}; per-task pooled AUC (macro) {result.test.macro_task_auc:.4f}.",
