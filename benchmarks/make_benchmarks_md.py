@@ -99,7 +99,12 @@ def main(argv: list[str] | None = None) -> Path:
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
     extra = _speed_sections(RESULTS / "loader_speed.json", RESULTS / "metrics_speed.json")
     if extra:
-        Path(out).write_text(Path(out).read_text().rstrip("\n") + "\n\n" + extra)
+        text = Path(out).read_text()
+        cmds = [c for c, f in (("python benchmarks/loader_speed.py", "loader_speed.json"),
+                               ("python benchmarks/metrics_speed.py", "metrics_speed.json")) if (RESULTS / f).exists()]
+        last = "python benchmarks/make_benchmarks_md.py\n```"
+        text = text.replace(last, "".join(c + "\n" for c in cmds) + last, 1)
+        Path(out).write_text(text.rstrip("\n") + "\n\n" + extra)
     print(f"wrote {out} from {len(benches)} bench result(s)"
           + (f" and {args.throughput}" if Path(args.throughput).exists() else ""))
     return out
