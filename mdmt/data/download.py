@@ -247,23 +247,31 @@ def fetch_movielens(variant: str, cache_dir: str | Path, *, url: str | None = No
         verify_files(target, expected)
         return target
     archive = download(url or MOVIELENS_URLS[variant], cache / f"{variant}.zip", sha256=None, progress=progress)
-    staging = Path(tempfile.mkdtemp(prefix=f"{variant}.", dir=cache))
+    _install_archive(archive, extract_zip, needed, expected, target)
+    return target
+
+
+def _install_archive(archive: Path, extract, needed, expected: dict[str, str], target: Path) -> None:
+    """Extract ``archive`` into a staging folder next to it, find the folder holding ``needed``,
+    verify ``expected`` checksums, then move it to ``target`` (replacing it). A bad archive is
+    deleted, so the next call downloads it again."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=archive.parent))
     try:
         try:
-            extract_zip(archive, staging)
+            extract(archive, staging)
             found = _find_dir_with(staging, needed)
             if found is None:
-                raise DataError(f"{archive}: the archive does not contain {needed}")
+                raise DataError(f"{archive}: the archive does not contain {list(needed)}")
             verify_files(found, expected)
         except DataError:
             archive.unlink(missing_ok=True)  # a bad archive is fetched again next time
             raise
         if target.exists():
             shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
         found.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def fetch_kuairand_pure(cache_dir: str | Path, *, url: str | None = None, progress: bool = True) -> Path:
@@ -277,23 +285,7 @@ def fetch_kuairand_pure(cache_dir: str | Path, *, url: str | None = None, progre
     found = _find_dir_with(root, KUAIRAND_PURE_FILES) if root.is_dir() else None
     if found is None:
         archive = download(url or KUAIRAND_PURE_URL, cache / "KuaiRand-Pure.tar.gz", sha256=None, progress=progress)
-        staging = Path(tempfile.mkdtemp(prefix="KuaiRand-Pure.", dir=cache))
-        try:
-            try:
-                extract_tar(archive, staging)
-                inner = _find_dir_with(staging, KUAIRAND_PURE_FILES)
-                if inner is None:
-                    raise DataError(f"{archive}: the archive does not contain {KUAIRAND_PURE_FILES}")
-                verify_files(inner, KUAIRAND_FILE_SHA256)
-            except DataError:
-                archive.unlink(missing_ok=True)  # a bad archive is fetched again next time
-                raise
-            if root.exists():
-                shutil.rmtree(root)
-            root.parent.mkdir(parents=True, exist_ok=True)
-            inner.replace(root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        _install_archive(archive, extract_tar, KUAIRAND_PURE_FILES, KUAIRAND_FILE_SHA256, root)
         found = root
     verify_files(found, KUAIRAND_FILE_SHA256)
     return found
