@@ -101,6 +101,9 @@ def test_regimes_cover_every_cell(project: Path):
         aucs = {(c["domain"], c["task"]): c["auc"] for c in m["test"]["cells"]}
         assert aucs[("home", "click")] is not None and aucs[("search", "click")] is not None
         assert aucs[("search", "order")] is not None
+        units = json.loads((run_dir / "units.json").read_text())
+        if regime == "cell":  # (home, order) is never observed: no model is trained for it
+            assert [u["tag"] for u in units if u["skipped"]] == ["cell-home-order"]
         # a multi-model run scores new rows with each row's own domain/task model
         out = project / f"scores-{regime}.parquet"
         assert main(["predict", str(run_dir), str(project / "rows.csv"), "--out", str(out)]) == 0

@@ -44,6 +44,7 @@ class Unit:
     tag: str
     domains: list[int] | None = None
     tasks: list[int] | None = None
+    skipped: bool = False  # no observed label in its training rows: nothing to learn, scores stay NaN
 
 
 def regime_units(regime: str, spec: DatasetSpec) -> list[Unit]:
@@ -177,7 +178,6 @@ def run_experiment(
 
         stream = ParquetStream.from_cache(prepared.cache_path, "train", cfg.train.batch_size, shuffle=True,
                                           seed=cfg.train.seed, buffer_rows=cfg.train.shuffle_buffer)
-    (run_dir / "units.json").write_text(json.dumps([u.__dict__ for u in units], indent=1))
     valid_probs = np.full((len(valid), spec.num_tasks), np.nan)
     test_probs = np.full((len(test), spec.num_tasks), np.nan)
     history: list[dict] = []
@@ -195,6 +195,9 @@ def run_experiment(
             va = _subset(valid, va_rows, unit.tasks)
             if len(tr) == 0 or len(va) == 0:
                 raise ValueError(f"unit {unit.tag}: empty training or validation rows")
+            if not bool(tr.label_mask.any()):  # e.g. a (domain, task) cell where the task is never observed
+                unit.skipped = True
+                continue
             model = build_model(cfg.model.name, unit_spec, fm, cfg.model.params,
                                 embedding_init_std=cfg.train.embedding_init_std)
             trainer = Trainer(model, cfg.train, _score_fn(cfg.train.monitor, va, spec, task_names),
@@ -215,6 +218,7 @@ def run_experiment(
             valid_probs[np.ix_(np.arange(len(valid))[vr], cols)] = vp
             test_probs[np.ix_(np.arange(len(test))[tr_], cols)] = tp
 
+    (run_dir / "units.json").write_text(json.dumps([u.__dict__ for u in units], indent=1))
     oracle = prepared.oracle or {}
     valid_res = evaluate_split(valid_probs, valid, spec, oracle=oracle.get("valid"))
     test_res = evaluate_split(test_probs, test, spec, oracle=oracle.get("test"))
@@ -241,13 +245,15 @@ class LoadedRun:
     config: ExperimentConfig
     feature_map: FeatureMap
     units: list[Unit]
-    models: list[MDMTModel]
+    models: list[MDMTModel | None]  # None for a skipped unit
 
     def predict(self, data: Batch, batch_size: int = 65536) -> np.ndarray:
         """Probabilities ``[N, T]`` in schema task order; each row scored by its unit's model."""
         spec = self.feature_map.spec
         out = np.full((len(data), spec.num_tasks), np.nan)
         for unit, model in zip(self.units, self.models):
+            if model is None:  # a skipped unit: its cells have no label to learn from
+                continue
             rows = _rows(data, unit.domains)
             cols = list(range(spec.num_tasks)) if unit.tasks is None else unit.tasks
             p = predict(model, _subset(data, rows, unit.tasks), batch_size, torch.device("cpu"))
@@ -269,8 +275,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                        str(run_dir / "config.yaml"))
     fm = FeatureMap.load(run_dir / "feature_map.json")
     units = [Unit(**u) for u in json.loads((run_dir / "units.json").read_text())]
-    models = []
+    models: list[MDMTModel | None] = []
     for unit in units:
+        if unit.skipped:
+            models.append(None)
+            continue
         spec = fm.spec
         if unit.tasks is not None:
             spec = spec.restrict(tasks=[spec.task_names[t] for t in unit.tasks])
