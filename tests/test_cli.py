@@ -60,6 +60,7 @@ def test_train_evaluate_predict(project: Path, capsys):
     run_dir = project / "runs" / "r1"
     assert main(["train", str(project / "exp.yaml"), "--run-dir", str(run_dir)]) == 0
     for name in ("config.yaml", "feature_map.json", "metrics.json", "report.md", "heatmap_test_auc.png",
+                 "training_curves.png",
                  "predictions_test.parquet", "checkpoints/all-best.pt"):
         assert (run_dir / name).exists(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -181,3 +182,12 @@ def test_streaming_training_from_parquet_shards(project: Path):
     assert log[0]["samples_per_sec"] > 0
     # streaming without a cache is a clear error
     assert main(["train", str(project / "exp.yaml"), "--set", "train.streaming=true"]) == 2
+
+
+def test_predict_with_a_missing_column_is_a_clear_error(project: Path, capsys):
+    run_dir = project / "runs" / "r3"
+    assert main(["train", str(project / "exp.yaml"), "--run-dir", str(run_dir), "--set", "train.epochs=1"]) == 0
+    _table(20).drop("price").write_csv(project / "bad.csv")
+    assert main(["predict", str(run_dir), str(project / "bad.csv"), "--out", str(project / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "price" in err and "bad.csv" in err and "Traceback" not in err

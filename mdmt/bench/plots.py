@@ -136,3 +136,36 @@ def plot_cell_heatmap(result: Any, path: str | Path, title: str = "AUC per (doma
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     return _save(fig, path)
+
+
+def plot_training_curves(history: list[dict], path: str | Path, title: str = "training") -> Path:
+    """Training loss and validation score per epoch, one line per trained model (unit).
+
+    ``history`` is the trainer's list of epoch records (``tag``, ``epoch``, ``train_loss``,
+    ``valid_score``, ``best_epoch``); the best epoch of each unit is marked.
+    """
+    fig = _new_figure(9.0, 3.4)
+    ax_loss, ax_score = fig.subplots(1, 2)
+    tags = list(dict.fromkeys(h["tag"] for h in history))
+    for tag in tags:
+        rows = [h for h in history if h["tag"] == tag]
+        epochs = [h["epoch"] + 1 for h in rows]
+        ax_loss.plot(epochs, [h["train_loss"] for h in rows], marker="o", ms=3, label=tag)
+        line = ax_score.plot(epochs, [h["valid_score"] for h in rows], marker="o", ms=3, label=tag)[0]
+        best = rows[-1]["best_epoch"]
+        hit = [h for h in rows if h["epoch"] == best]
+        if hit:
+            ax_score.plot([best + 1], [hit[0]["valid_score"]], marker="*", ms=12, color=line.get_color())
+    ax_loss.set_title("training loss (mean over the epoch)")
+    ax_score.set_title("validation score (★ = restored epoch)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_score):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if len(tags) <= 8:
+        ax_score.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -61,13 +61,13 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
             run_dir / "predictions_test.parquet"
         )
 
-    heatmap = run_dir / "heatmap_test_auc.png"
-    try:
-        from ..bench.plots import plot_cell_heatmap
+    from ..bench.plots import plot_cell_heatmap, plot_training_curves
 
-        plot_cell_heatmap(result.test, heatmap, title=f"{cfg.model.name} ({cfg.train.regime}) test AUC")
-    except ImportError:  # plotting is optional for a run; the report says so
-        heatmap = None
+    heatmap = run_dir / "heatmap_test_auc.png"
+    plot_cell_heatmap(result.test, heatmap, title=f"{cfg.model.name} ({cfg.train.regime}) test AUC")
+    curves = run_dir / "training_curves.png"
+    if result.history:
+        plot_training_curves(result.history, curves, title=f"{cfg.model.name} ({cfg.train.regime})")
 
     lines = [
         f"# Run report: {cfg.name}",
@@ -90,8 +90,9 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
     if not np.isnan(result.test.avg_oracle_auc):
         lines.append(f"Oracle AUC (the ceiling from the true probabilities): {result.test.avg_oracle_auc:.4f}.")
     lines += ["", "## Validation", "", result.valid.markdown(), ""]
-    if heatmap is not None:
-        lines += ["## Per-cell test AUC", "", f"![per-cell AUC]({heatmap.name})", ""]
+    lines += ["## Per-cell test AUC", "", f"![per-cell AUC]({heatmap.name})", ""]
+    if result.history:
+        lines += ["## Training curves", "", f"![training curves]({curves.name})", ""]
     lines += ["## Training history", "", "| unit | epoch | train loss | valid score | samples/s |", "|---|---|---|---|---|"]
     for h in result.history:
         sps = h.get("samples_per_sec") or 0.0
