@@ -191,3 +191,19 @@ def test_predict_with_a_missing_column_is_a_clear_error(project: Path, capsys):
     assert main(["predict", str(run_dir), str(project / "bad.csv"), "--out", str(project / "x.parquet")]) == 2
     err = capsys.readouterr().err
     assert "price" in err and "bad.csv" in err and "Traceback" not in err
+
+
+def test_deterministic_mode_reproduces_a_run_exactly(project: Path):
+    """train.deterministic switches torch to deterministic algorithms (a process-wide setting, so
+    each run gets its own interpreter) and two runs give identical metrics."""
+    import subprocess
+    import sys
+
+    outs = []
+    for k in range(2):
+        run_dir = project / "runs" / f"det{k}"
+        subprocess.run([sys.executable, "-m", "mdmt", "train", str(project / "exp.yaml"), "--run-dir", str(run_dir),
+                        "--set", "train.deterministic=true", "--set", "model.name=ple"],
+                       check=True, capture_output=True)
+        outs.append(json.loads((run_dir / "metrics.json").read_text())["test"])
+    assert outs[0] == outs[1]
