@@ -206,3 +206,29 @@ def test_non_finite_loss_is_reported_clearly():
     train = make_batch(spec, fm, size=32, seed=1)
     with pytest.raises(FloatingPointError, match="non-finite"):
         Trainer(model, TrainConfig(epochs=1, batch_size=16, progress=False), lambda p: 0.0).fit(train, train)
+
+
+def test_progress_display_shows_live_loss_and_speed():
+    import io
+
+    from rich.console import Console
+
+    from mdmt.train.progress import RunProgress
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, color_system=None)
+    spec, fm, model = _model()
+    train = make_batch(spec, fm, size=64, seed=1)
+    events = []
+    with RunProgress(enabled=True, epochs=2, console=console) as prog:
+        def record(event, **info):
+            events.append((event, info))
+            prog.update(event, **info)
+
+        Trainer(model, TrainConfig(epochs=2, batch_size=16, patience=0, progress=True), lambda p: 0.5).fit(
+            train, train, progress=record)
+    steps = [i for e, i in events if e == "step"]
+    assert [s["rows"] for s in steps] == [16, 16]  # steps 0 of each epoch: rows trained so far that epoch
+    assert all(math.isfinite(s["loss"]) for s in steps)
+    out = buf.getvalue()
+    assert "epoch 2: train loss" in out and "samples/s" in out

@@ -26,7 +26,6 @@ class RunProgress:
         self._task = None
         self._unit = ""
         self._t0 = time.perf_counter()
-        self._rows = 0
 
     def __enter__(self) -> "RunProgress":
         if self.enabled:
@@ -59,11 +58,10 @@ class RunProgress:
                 if self._task is not None:
                     self._progress.remove_task(self._task)
                 self._task = self._progress.add_task(desc, total=info["steps"], loss=float("nan"), sps=0.0)
-                self._t0, self._rows = time.perf_counter(), 0
-            self._rows += info["rows"] * 20 if info["step"] else info["rows"]
-            dt = time.perf_counter() - self._t0
+                self._t0 = time.perf_counter()
+            dt = time.perf_counter() - self._t0  # info["rows"]: rows trained so far this epoch
             self._progress.update(self._task, completed=info["step"] + 1, loss=info["loss"],
-                                  sps=self._rows / dt if dt > 0 else 0.0)
+                                  sps=info["rows"] / dt if dt > 0 else 0.0)
         elif event == "epoch":
             if self._task is not None:
                 self._progress.remove_task(self._task)

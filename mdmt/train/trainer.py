@@ -325,7 +325,7 @@ class Trainer:
                     self._check_finite(loss_sum, epoch, step)
                 if progress is not None and (step % 20 == 0):
                     progress("step", tag=self.tag, epoch=epoch, step=step, steps=self._steps_per_epoch,
-                             loss=float(loss), rows=len(batch))
+                             loss=float(loss), rows=rows)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_seconds = time.perf_counter() - t0
