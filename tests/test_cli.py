@@ -6,54 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
 from mdmt.cli import main
 from mdmt.models import REGISTRY
 
-SCHEMA = """\
-name: shop
-features:
-  - {name: user_id, source: user}
-  - {name: item_id, source: item}
-  - {name: price, kind: dense, source: item}
-  - {name: hist, kind: sequence, vocab: item_id, max_len: 4, behaviour: click}
-domain: {column: tab, names: [home, search]}
-tasks:
-  - {name: click, label: click}
-  - {name: order, label: order, domains: [search]}
-group: user_id
-timestamp: ts
-split: {method: temporal}
-"""
-
-
-def _table(n: int = 3000, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    user = rng.integers(0, 60, n)
-    item = rng.integers(0, 40, n)
-    tab = np.where(rng.random(n) < 0.5, "home", "search")
-    price = rng.normal(10, 3, n)
-    score = np.sin(user) + np.cos(item) + 0.5 * (tab == "search")
-    click = (rng.random(n) < 1 / (1 + np.exp(-2 * score))).astype(int)
-    order = pl.Series((rng.random(n) < 0.3 * click).astype(int)).set(pl.Series(tab == "home"), None)
-    hist = ["|".join(str(x) for x in rng.integers(0, 40, rng.integers(0, 5))) for _ in range(n)]
-    return pl.DataFrame({"user_id": user, "item_id": item, "tab": tab, "price": price, "hist": hist,
-                         "click": click, "order": order, "ts": np.arange(n)})
-
+from .shop import shop_table, write_project
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    _table().write_csv(tmp_path / "rows.csv")
-    (tmp_path / "schema.yaml").write_text(SCHEMA)
-    (tmp_path / "exp.yaml").write_text(
-        f"name: shop\ndata: {{source: table, params: {{path: {tmp_path / 'rows.csv'}, schema: {tmp_path / 'schema.yaml'}}}}}\n"
-        "model: {name: sharedbottom}\ntrain: {epochs: 2, batch_size: 256, lr: 0.01, progress: false}\n"
-        f"output_dir: {tmp_path / 'runs'}\n"
-    )
-    return tmp_path
+    return write_project(tmp_path)
 
 
 def test_train_evaluate_predict(project: Path, capsys):
@@ -74,7 +37,7 @@ def test_train_evaluate_predict(project: Path, capsys):
     assert main(["evaluate", str(run_dir), "--split", "test"]) == 0
     assert "avg AUC" in capsys.readouterr().out
 
-    new = _table(50, seed=9).with_columns(pl.col("user_id") + 10_000)  # unseen users -> OOV, no crash
+    new = shop_table(50, seed=9).with_columns(pl.col("user_id") + 10_000)  # unseen users -> OOV, no crash
     new = new.drop("click", "order")
     new.write_csv(project / "new.csv")
     assert main(["predict", str(run_dir), str(project / "new.csv"), "--out", str(project / "s.parquet"),
@@ -121,14 +84,14 @@ def test_unknown_config_key_is_a_clear_error(project: Path, capsys):
 
 
 def test_missing_column_is_a_clear_error(project: Path, capsys):
-    _table().drop("price").write_csv(project / "rows.csv")
+    shop_table().drop("price").write_csv(project / "rows.csv")
     assert main(["data", "prepare", str(project / "exp.yaml")]) == 2
     err = capsys.readouterr().err
     assert "price" in err and "rows.csv" in err
 
 
 def test_bad_label_is_a_clear_error(project: Path, capsys):
-    _table().with_columns(pl.when(pl.col("ts") == 17).then(2).otherwise(pl.col("click")).alias("click")).write_csv(
+    shop_table().with_columns(pl.when(pl.col("ts") == 17).then(2).otherwise(pl.col("click")).alias("click")).write_csv(
         project / "rows.csv")
     assert main(["data", "prepare", str(project / "exp.yaml")]) == 2
     err = capsys.readouterr().err
@@ -187,7 +150,7 @@ def test_streaming_training_from_parquet_shards(project: Path):
 def test_predict_with_a_missing_column_is_a_clear_error(project: Path, capsys):
     run_dir = project / "runs" / "r3"
     assert main(["train", str(project / "exp.yaml"), "--run-dir", str(run_dir), "--set", "train.epochs=1"]) == 0
-    _table(20).drop("price").write_csv(project / "bad.csv")
+    shop_table(20).drop("price").write_csv(project / "bad.csv")
     assert main(["predict", str(run_dir), str(project / "bad.csv"), "--out", str(project / "x.parquet")]) == 2
     err = capsys.readouterr().err
     assert "price" in err and "bad.csv" in err and "Traceback" not in err
