@@ -577,6 +577,7 @@ class CellMetrics:
     Attributes:
         domain, task: names.
         n: observed rows; positives: rows with label 1.
+        groups: distinct groups (usually users) among the observed rows; 0 without a group key.
         auc: cell AUC (NaN when undefined, see ``reason``).
         gauc: impression-weighted group AUC; gauc_unweighted: equal group weights.
         gauc_coverage: share of the cell's rows in groups with both classes.
@@ -598,6 +599,7 @@ class CellMetrics:
     oracle_auc: float
     reason: str | None
     gauc_reason: str | None = None
+    groups: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _nan_to_none(getattr(self, f.name)) for f in fields(self)}
@@ -613,6 +615,7 @@ class CellMetrics:
         for k in floats:
             kw[k] = _none_to_nan(kw.get(k))
         kw["n"], kw["positives"] = int(kw["n"]), int(kw["positives"])
+        kw["groups"] = int(kw.get("groups") or 0)
         return cls(**kw)
 
 
@@ -625,6 +628,7 @@ _CELL_FIELDS = {
     "oracle_auc": "Oracle AUC",
     "n": "rows",
     "positives": "positives",
+    "groups": "groups (users)",
 }
 
 
@@ -740,7 +744,7 @@ class EvalResult:
         tasks, domains = self.tasks, self.domains
         lines: list[str] = []
         for m in show:
-            is_count = m in ("n", "positives")
+            is_count = m in ("n", "positives", "groups")
             lines += [f"**{_CELL_FIELDS[m]}**", ""]
             lines.append("| domain | " + " | ".join(tasks) + (" |" if is_count else " | mean |"))
             lines.append("|---" * (len(tasks) + 1 + (0 if is_count else 1)) + "|")
@@ -951,6 +955,7 @@ def evaluate(
                     oracle_auc=float(oracle_d[i]),
                     reason=why,
                     gauc_reason=gwhy,
+                    groups=int(groups[i]),
                 )
             )
         cells_by_task.append(row_cells)

@@ -465,3 +465,44 @@ def test_train_throughput_script_tiny(tmp_path):
         assert r["e2e_utilisation"] == pytest.approx(r["flops_per_step"] / r["e2e_step_seconds"] / data["peak_flops"])
     with pytest.raises(SystemExit, match="unknown model"):
         tt.main(["--rows", "3000", "--models", "nope", "--out", str(out), "--quiet"])
+
+
+def test_gauc_table_users_and_indicative_cells():
+    """The bench table shows per-cell GAUC (with t-test marks), users beside positives, and marks a cell
+    with fewer than FEW_USERS users as indicative."""
+    from mdmt.bench.report import FEW_USERS, INDICATIVE
+
+    recs = _records()
+    for r in recs:
+        for split in ("test", "valid"):
+            for i, c in enumerate(r[split]["cells"]):
+                c["groups"] = FEW_USERS - 1 if i == 1 else 500  # d0/like rests on few users
+    s = summarize(recs, baseline="Base")["toy"]
+    assert s.groups["d0/click"] == 500 and s.indicative() == ["d0/like"]
+    m = s.model("Model")
+    assert m.cell_gauc["d0/click"].sign == 1 and m.cell_gauc["d0/like"].sign == -1
+    assert m.avg_gauc.mean == pytest.approx(np.mean([np.mean([BASE[c][i] + DELTA[c][i] for c in range(4)])
+                                                     for i in range(4)]))
+    md = markdown_dataset(s)
+    header, rows = _table_rows(md, "| Model | d0")
+    assert f"d0/like{INDICATIVE} GAUC" in header and "d0/click GAUC" in header
+    assert rows["Model"][header.index("d0/click GAUC")].endswith("*")
+    assert "Positives / users / rows per cell" in md and "30 / 500 / 100" in md
+    assert f"fewer than {FEW_USERS} users" in md and f"d0/like{INDICATIVE} AUC" in md
+
+
+def test_cell_metrics_count_users():
+    from mdmt.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    group = rng.integers(0, 37, n)
+    dom = rng.integers(0, 2, n)
+    y = rng.integers(0, 2, (n, 1))
+    r = evaluate(rng.random((n, 1)), y, np.ones_like(y, bool), dom, group, ["click"], ["a", "b"])
+    for i, d in enumerate(("a", "b")):
+        assert r.cell(d, "click").groups == len(np.unique(group[dom == i]))
+    assert CellMetrics.from_dict(r.cells[0].to_dict()).groups == r.cells[0].groups
+    legacy = r.cells[0].to_dict()
+    legacy.pop("groups")
+    assert CellMetrics.from_dict(legacy).groups == 0

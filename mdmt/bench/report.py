@@ -161,6 +161,8 @@ class ModelSummary:
     relaimpr: float | None
     samples_per_sec: float
     train_seconds: float
+    cell_gauc: dict[str, Stat] = field(default_factory=dict)
+    avg_gauc: Stat = field(default_factory=lambda: Stat(float("nan"), float("nan"), 0))
 
 
 @dataclass
@@ -176,6 +178,11 @@ class DatasetSummary:
     oracle_avg: float | None = None
     rows: dict[str, int] = field(default_factory=dict)
     positives: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
+
+    def indicative(self) -> list[str]:
+        """Cells with a group key but fewer than :data:`FEW_USERS` distinct users: their figures are indicative."""
+        return [c for c in self.cells if 0 < self.groups.get(c, 0) < FEW_USERS]
 
     def model(self, label: str) -> ModelSummary:
         for m in self.models:
@@ -242,13 +249,14 @@ def summarize(
         cells: list[str] = []
         oracle_vals: dict[str, list[float]] = {}
         oracle_avg_vals: list[float] = []
-        counts: dict[str, tuple[int, int]] = {}
+        counts: dict[str, tuple[int, int, int]] = {}
         models: list[ModelSummary] = []
         for label in labels:
             recs = sorted(by_label[label], key=lambda r: int(r["seed"]))
             per_cell_auc: dict[str, dict[int, float]] = {}
             per_cell_ll: dict[str, dict[int, float]] = {}
-            avg_auc, macro, avg_ll = {}, {}, {}
+            per_cell_gauc: dict[str, dict[int, float]] = {}
+            avg_auc, macro, avg_ll, avg_gauc = {}, {}, {}, {}
             for rec in recs:
                 seed = int(rec["seed"])
                 ev = _eval(rec[split])
@@ -256,14 +264,16 @@ def summarize(
                     name = _cell_name(c.domain, c.task)
                     if name not in cells:
                         cells.append(name)
-                    counts.setdefault(name, (int(c.n), int(c.positives)))
+                    counts.setdefault(name, (int(c.n), int(c.positives), int(c.groups)))
                     per_cell_auc.setdefault(name, {})[seed] = _f(c.auc)
+                    per_cell_gauc.setdefault(name, {})[seed] = _f(c.gauc)
                     per_cell_ll.setdefault(name, {})[seed] = _f(c.logloss)
                     if c.oracle_auc is not None and math.isfinite(_f(c.oracle_auc)):
                         oracle_vals.setdefault(name, []).append(_f(c.oracle_auc))
                 avg_auc[seed] = _f(ev.avg_auc)
                 macro[seed] = _f(ev.macro_task_auc)
                 avg_ll[seed] = _f(ev.avg_logloss)
+                avg_gauc[seed] = _f(ev.avg_gauc)
                 if ev.avg_oracle_auc is not None and math.isfinite(_f(ev.avg_oracle_auc)):
                     oracle_avg_vals.append(_f(ev.avg_oracle_auc))
             sps = [_f(r.get("samples_per_sec")) for r in recs]
@@ -282,6 +292,8 @@ def summarize(
                     relaimpr=None,
                     samples_per_sec=_nanmedian(sps),
                     train_seconds=_nanmedian(secs),
+                    cell_gauc={k: _stat(v) for k, v in per_cell_gauc.items()},
+                    avg_gauc=_stat(avg_gauc),
                 )
             )
         summary = DatasetSummary(
@@ -294,6 +306,7 @@ def summarize(
             oracle_avg=_nanmean(oracle_avg_vals) if oracle_avg_vals else None,
             rows={k: v[0] for k, v in counts.items()},
             positives={k: v[1] for k, v in counts.items()},
+            groups={k: v[2] for k, v in counts.items()},
         )
         if baseline in by_label:
             base = summary.model(baseline)
@@ -303,7 +316,11 @@ def summarize(
                 for name, st in m.cell_auc.items():
                     if name in base.cell_auc:
                         _compare(st, base.cell_auc[name])
+                for name, st in m.cell_gauc.items():
+                    if name in base.cell_gauc:
+                        _compare(st, base.cell_gauc[name])
                 _compare(m.avg_auc, base.avg_auc)
+                _compare(m.avg_gauc, base.avg_gauc)
                 _compare(m.macro_task_auc, base.macro_task_auc)
                 _compare(m.avg_logloss, base.avg_logloss, higher_is_better=False)
                 if math.isfinite(m.avg_auc.mean) and math.isfinite(base.avg_auc.mean) and base.avg_auc.mean != 0.5:
@@ -398,6 +415,10 @@ def _fmt_secs(x: float) -> str:
 
 #: a cell with fewer positives than this is flagged as noisy under the table
 FEW_POSITIVES = 30
+#: a cell with fewer distinct users (groups) than this is marked indicative (its AUC rests on few users)
+FEW_USERS = 50
+#: the mark on an indicative cell's column header
+INDICATIVE = "ⁱ"
 #: above this many (domain, task) cells, per-cell LogLoss moves to its own table (same rows)
 WIDE_CELLS = 6
 
@@ -426,8 +447,14 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         f"or no rows in that cell's test rows, or no baseline). Train samples/s and Train s: median over seeds.",
         "",
     ]
-    auc_cols = [f"{c} AUC" for c in s.cells]
-    ll_cols = [f"{c} LogLoss" for c in s.cells]
+    few_users = set(s.indicative())
+
+    def col(c: str, metric: str) -> str:
+        return f"{c}{INDICATIVE if c in few_users else ''} {metric}"
+
+    auc_cols = [col(c, "AUC") for c in s.cells]
+    ll_cols = [col(c, "LogLoss") for c in s.cells]
+    gauc_cols = [col(c, "GAUC") for c in s.cells]
     best_auc = {c: _best({m.label: m.cell_auc[c].mean for m in s.models if c in m.cell_auc}, True) for c in s.cells}
     best_ll = {c: _best({m.label: m.cell_logloss[c].mean for m in s.models if c in m.cell_logloss}, False) for c in s.cells}
     best_avg = _best({m.label: m.avg_auc.mean for m in s.models}, True)
@@ -474,10 +501,28 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         rows.append(r)
     out.append(_table(header, rows))
     if s.rows:
-        sizes = ", ".join(f"{c} {s.positives.get(c, 0):,} / {s.rows.get(c, 0):,}" for c in s.cells)
+        has_users = any(s.groups.get(c, 0) for c in s.cells)
+        if has_users:
+            sizes = ", ".join(f"{c} {s.positives.get(c, 0):,} / {s.groups.get(c, 0):,} / {s.rows.get(c, 0):,}"
+                              for c in s.cells)
+            what = "Positives / users / rows"
+        else:
+            sizes = ", ".join(f"{c} {s.positives.get(c, 0):,} / {s.rows.get(c, 0):,}" for c in s.cells)
+            what = "Positives / rows"
         few = [c for c in s.cells if s.positives.get(c, 0) < FEW_POSITIVES]
-        out += ["", f"Positives / rows per cell in the {s.split} split: {sizes}."
-                + (f" Cells with fewer than {FEW_POSITIVES} positives ({', '.join(few)}) give noisy AUCs." if few else "")]
+        out += ["", f"{what} per cell in the {s.split} split: {sizes}."
+                + (f" Cells with fewer than {FEW_POSITIVES} positives ({', '.join(few)}) give noisy AUCs." if few else "")
+                + (f" {INDICATIVE}: fewer than {FEW_USERS} users in the cell ({', '.join(sorted(few_users))}); its "
+                   "figures are indicative only." if few_users else "")]
+    if any(m.cell_gauc for m in s.models):
+        best_gauc = {c: _best({m.label: m.cell_gauc[c].mean for m in s.models if c in m.cell_gauc}, True)
+                     for c in s.cells}
+        best_avg_gauc = _best({m.label: m.avg_gauc.mean for m in s.models}, True)
+        out += ["", "GAUC per cell (AUC per user, averaged with weights equal to the user's rows; units of 10⁻², "
+                f"mean over seeds; {BETTER} / {WORSE} against {s.baseline} as above):", ""]
+        rows_g = [[name(m), *[val(m.cell_gauc.get(c), m.label in best_gauc[c]) for c in s.cells],
+                   val(m.avg_gauc, m.label in best_avg_gauc)] for m in s.models]
+        out.append(_table(["Model", *gauc_cols, "Avg GAUC ↑"], rows_g))
     if has_oracle:
         out += ["", "The oracle row scores every row with the generator's true probability: the ceiling no model "
                 "can beat. Oracle gap = oracle Avg AUC − the model's Avg AUC."]
@@ -497,8 +542,8 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
             return txt + (f" (p={st.p:.3g})" if st.p is not None else "")
 
         rows2 = [[m.label, *[sd(m.cell_auc.get(c)) for c in s.cells], sd(m.avg_auc), sd(m.macro_task_auc),
-                  sd(m.avg_logloss)] for m in s.models]
-        out.append(_table(["Model", *auc_cols, "Avg AUC", "Task-pooled AUC", "Avg LogLoss"], rows2))
+                  sd(m.avg_gauc), sd(m.avg_logloss)] for m in s.models]
+        out.append(_table(["Model", *auc_cols, "Avg AUC", "Task-pooled AUC", "Avg GAUC", "Avg LogLoss"], rows2))
     return "\n".join(out)
 
 
