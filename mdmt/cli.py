@@ -19,18 +19,34 @@ import yaml
 __all__ = ["main"]
 
 
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it."""
+
+
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["train.lr=0.01", "model.name=mmoe"]`` -> nested dict (values parsed as YAML scalars)."""
+    """``["train.lr=0.01", "model.name=mmoe"]`` -> nested dict (values parsed as YAML scalars).
+
+    ``KEY=null`` resets a key to its default (``--set model.params=null`` drops every model param).
+    """
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"mdmt: --set expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        node = out
         parts = key.split(".")
+        if not all(parts):
+            raise UsageError(f"--set {pair!r}: empty part in the key {key!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise UsageError(f"--set {pair!r}: the value is not valid YAML: {err}") from None
+        node = out
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise UsageError(f"--set {pair!r} conflicts with an earlier --set of {p!r}")
+            node = nxt
+        node[parts[-1]] = parsed
     return out
 
 
@@ -47,6 +63,19 @@ def _load_experiment(path: str, sets: list[str] | None, extra: dict[str, Any] | 
     return load_experiment(path, over)
 
 
+def _check_writable_parent(path: Path, what: str) -> None:
+    p = path.parent
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"{what} {path}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {p} is not writable")
+
+
+DEMO_MIN_ROWS = 1000
+
+
 # ---- verbs -------------------------------------------------------------------------------------
 
 
@@ -54,7 +83,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .train.run import run_experiment
 
     extra: dict[str, Any] = {"output_dir": args.output_dir}
-    if args.rows:
+    if args.rows is not None:
+        if args.rows < DEMO_MIN_ROWS:
+            raise UsageError(f"--rows {args.rows}: the demo needs at least {DEMO_MIN_ROWS:,} rows "
+                             "(fewer leave validation and test cells without both classes)")
         extra["data"] = {"params": {"rows": args.rows}}
     cfg = _load_experiment(str(_packaged_config("demo.yaml")), args.set, extra)
     run_experiment(cfg, data_dir=args.data_dir)
@@ -65,13 +97,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     extra: dict[str, Any] = {}
     if args.seed is not None:
-        extra["train"] = {"seed": args.seed}
+        extra.setdefault("train", {})["seed"] = args.seed
     if args.output_dir:
         extra["output_dir"] = args.output_dir
-    cfg = _load_experiment(args.config, args.set, extra)
+    if args.warm_start is not None:
+        extra.setdefault("train", {})["warm_start"] = {"run_dir": args.warm_start, "freeze": args.freeze_loaded,
+                                                       "lr": args.loaded_lr}
+    elif args.freeze_loaded or args.loaded_lr is not None:
+        raise UsageError("--freeze-loaded and --loaded-lr apply to the parameters loaded by --warm-start RUN_DIR")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
     if args.resume and not args.run_dir:
-        raise SystemExit("mdmt: --resume needs --run-dir (the run directory to continue)")
-    run_experiment(cfg, data_dir=args.data_dir, run_dir=args.run_dir, resume=args.resume)
+        raise UsageError("--resume needs --run-dir (the run directory to continue)")
+    cfg = _load_experiment(args.config, args.set, extra)
+    run_experiment(cfg, data_dir=args.data_dir, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -83,7 +122,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     run = load_run(args.run_dir)
     prepared = load_prepared(run.config.data, data_dir=args.data_dir)
     if prepared.feature_map.model_dump() != run.feature_map.model_dump():
-        raise SystemExit(f"mdmt: the data no longer matches {args.run_dir}/feature_map.json; evaluate on the data it was trained on")
+        from .data.base import DataError
+
+        raise DataError(f"the data no longer matches {args.run_dir}/feature_map.json; evaluate on the data it was trained on")
     data = prepared.splits[args.split]
     probs = run.predict(data)
     res = evaluate_split(probs, data, run.feature_map.spec, oracle=(prepared.oracle or {}).get(args.split))
@@ -97,10 +138,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .data.preprocess import encode_for_scoring
     from .train.run import load_run
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give the path of the Parquet file to write")
+    _check_writable_parent(out, "--out")
     run = load_run(args.run_dir)
+    task_cols = [f"{args.score_prefix}{t}" for t in run.feature_map.spec.task_names]
+    clash = [c for c in args.keep or [] if c in task_cols]
+    if clash:
+        raise UsageError(f"--keep {', '.join(clash)}: the output already has a score column of that name; "
+                         "name the score columns apart with --score-prefix (e.g. --score-prefix p_)")
     src = Path(args.input)
-    if not src.exists():
-        raise SystemExit(f"mdmt: input file {src} not found")
+    if not src.is_file():
+        raise UsageError(f"input file {src} not found")
     if src.suffix in (".parquet", ".pq"):
         frame = pl.read_parquet(src)
     else:
@@ -112,13 +162,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     cols = {}
     for c in args.keep or []:
         if c not in frame.columns:
-            raise SystemExit(f"mdmt: --keep column {c!r} is not in {src}")
+            raise UsageError(f"--keep column {c!r} is not in {src}")
         cols[c] = frame[c]
-    for i, t in enumerate(run.feature_map.spec.task_names):
-        cols[t] = probs[:, i]
-    out = Path(args.out)
+    for i, name in enumerate(task_cols):
+        cols[name] = probs[:, i]
     out.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(cols).write_parquet(out)
+    tmp = out.with_name(out.name + ".tmp")
+    pl.DataFrame(cols).write_parquet(tmp)
+    tmp.replace(out)
     print(f"wrote {len(frame):,} rows x {len(run.feature_map.spec.task_names)} task scores to {out}")
 
 
@@ -210,7 +261,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="training seed (overrides train.seed)")
     p.add_argument("--run-dir", default=None, help="run directory (default: a new one under output_dir)")
     p.add_argument("--output-dir", default=None, help="parent of new run directories")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoints (same model and data)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (it is kept until the new run has finished)")
+    p.add_argument("--warm-start", metavar="RUN_DIR", default=None,
+                   help="start from the matching parameters (by name and shape) of a finished run with the same "
+                        "feature map")
+    p.add_argument("--freeze-loaded", action="store_true", help="with --warm-start: keep the loaded parameters fixed")
+    p.add_argument("--loaded-lr", type=float, default=None, metavar="LR",
+                   help="with --warm-start: learning rate of the loaded parameters (their own optimizer group)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run on a split", formatter_class=fmt,
@@ -227,6 +287,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raw rows (CSV or Parquet) with the schema's raw columns; labels optional")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--keep", nargs="*", help="input columns copied to the output (e.g. ids)")
+    p.add_argument("--score-prefix", default="", metavar="PREFIX",
+                   help="prefix of the score columns (default: none, the columns are the task names)")
     p.add_argument("--separator", default=",", help="CSV separator")
     p.set_defaults(func=cmd_predict)
 
@@ -255,14 +317,23 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mdmt: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from .data.base import DataError
     from .schema import ConfigError
+    from .train.checkpoint import CheckpointError
 
     args = _parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         args.func(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError, UsageError) as err:
         print(f"mdmt: error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FloatingPointError) as err:
@@ -271,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mdmt: interrupted; checkpoints written so far are kept (use --resume)", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

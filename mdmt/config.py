@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .schema import StrictModel, parse_config, read_yaml_mapping
 
@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
+    "WarmStartConfig",
     "ExperimentConfig",
     "load_experiment",
     "deep_merge",
@@ -43,33 +44,71 @@ class ModelConfig(StrictModel):
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+class WarmStartConfig(StrictModel):
+    """Start from the matching parameters of a finished run (``mdmt train --warm-start RUN_DIR``).
+
+    Parameters are matched by name and shape; the two runs' feature maps must be identical.
+    """
+
+    run_dir: str = Field(description="the finished run whose best weights are loaded")
+    freeze: bool = Field(default=False, description="keep the loaded parameters fixed (they get no optimizer)")
+    lr: float | None = Field(default=None, gt=0, description=(
+        "learning rate of the loaded parameters, in an optimizer group of their own (default: train.lr); "
+        "ignored with freeze"))
+
 
 class TrainConfig(StrictModel):
-    """Training loop settings."""
+    """Training loop settings (the ``train:`` section of an experiment).
 
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=2048, ge=1)
-    eval_batch_size: int = Field(default=65536, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
-    scheduler: Literal["none", "cosine", "step", "warmup_cosine"] = "none"
-    warmup_steps: int = Field(default=0, ge=0)
-    step_gamma: float = Field(default=0.5, gt=0)
-    grad_clip: float | None = None
-    patience: int = Field(default=2, ge=0)  # epochs without improvement before stopping; 0 = never stop early
-    min_delta: float = 0.0
-    monitor: Literal["avg_auc", "avg_gauc", "neg_logloss"] = "avg_auc"
-    regime: Literal["mdmt", "mtl", "mdl", "cell"] = "mdmt"
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    num_threads: int | None = None
-    max_steps_per_epoch: int | None = None
-    embedding_init_std: float = Field(default=0.01, gt=0)
-    progress: bool = True
-    streaming: bool = False  # read training batches from the cached Parquet shards (needs data.cache_dir; regime mdmt)
-    shuffle_buffer: int = Field(default=200_000, ge=1)  # rows shuffled together when streaming
+    ``docs/training.md`` lists every option; it is generated from this class by
+    ``python -m mdmt.docgen``.
+    """
+
+    epochs: int = Field(default=10, ge=1, description="maximum number of epochs (the budget)")
+    batch_size: int = Field(default=2048, ge=1, description="training rows per step")
+    eval_batch_size: int = Field(default=65536, ge=1, description="rows per forward pass when scoring")
+    lr: float = Field(default=1e-3, gt=0, description=(
+        "learning rate of every optimizer group that does not set its own"))
+    weight_decay: float = Field(default=0.0, ge=0, description=(
+        "weight decay of every optimizer group that does not set its own"))
+    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = Field(default="adam", description=(
+        "optimizer of every group that does not name its own (a model may ask for several groups)"))
+    scheduler: Literal["none", "cosine", "step", "warmup_cosine"] = Field(default="none", description=(
+        "learning-rate schedule over all steps: cosine decay, step (x step_gamma every epoch), "
+        "or linear warm-up then cosine"))
+    warmup_steps: int = Field(default=0, ge=0, description="steps of linear warm-up (warmup_cosine, or any schedule)")
+    step_gamma: float = Field(default=0.5, gt=0, description="decay factor per epoch of the step schedule")
+    grad_clip: float | None = Field(default=None, gt=0, description=(
+        "clip the global gradient norm to this value; null = no clipping"))
+    patience: int = Field(default=2, ge=0, description=(
+        "epochs in a row without improvement before stopping; 0 = never stop early"))
+    min_delta: float = Field(default=0.0, ge=0, description="smallest score gain that counts as an improvement")
+    monitor: Literal["avg_auc", "avg_gauc", "neg_logloss"] = Field(default="avg_auc", description=(
+        "validation score used for early stopping and model selection (mean over all (domain, task) cells)"))
+    regime: Literal["mdmt", "mtl", "mdl", "cell"] = Field(default="mdmt", description=(
+        "one model for everything (mdmt), one per domain (mtl), one per task (mdl) or one per cell"))
+    seed: int = Field(default=0, description="seed of initialisation, shuffling and dropout")
+    deterministic: bool = Field(default=False, description=(
+        "torch deterministic algorithms: identical runs give identical results (slower on GPU)"))
+    device: str = Field(default="auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    num_threads: int | None = Field(default=None, ge=1, description=(
+        "CPU threads torch uses; null = the CPUs this process may run on (its affinity and cgroup "
+        "quota, not the host's core count). On a shared machine set it to the cores you can have"))
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, description=(
+        "cut every epoch after this many steps (quick trials); null = whole epochs"))
+    embedding_init_std: float = Field(default=0.01, gt=0, description="standard deviation of embedding initialisation")
+    progress: bool = Field(default=True, description="live progress bar and one line per epoch on stderr")
+    streaming: bool = Field(default=False, description=(
+        "read training batches from the cached Parquet shards instead of memory (needs data.cache_dir; regime mdmt)"))
+    shuffle_buffer: int = Field(default=200_000, ge=1, description="rows shuffled together when streaming")
+    warm_start: WarmStartConfig | None = Field(default=None, description=(
+        "start from the matching parameters of a finished run (see docs/training.md, warm start)"))
 
 
 class ExperimentConfig(StrictModel):
@@ -93,10 +132,61 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: keys of a config file holding paths read from (resolved against the file when the file exists there)
+_INPUT_PATHS = (("data", "params", "path"), ("data", "params", "schema"), ("data", "params", "features_path"))
+#: keys holding paths written to (always resolved against the file)
+_OUTPUT_PATHS = (("data", "cache_dir"), ("output_dir",), ("train", "warm_start", "run_dir"))
+
+
+def _resolve_paths(data: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Make the relative paths written in a config file relative to that file's directory.
+
+    Input files (``data.params.path``, ``schema``, ``features_path``) are resolved against the
+    file's directory when they exist there; otherwise they are left as written, so that a data
+    source can still look them up under ``--data-dir``. Output locations (``output_dir``,
+    ``data.cache_dir``) and ``train.warm_start.run_dir`` are always resolved against it.
+    """
+
+    def resolve(keys: tuple[str, ...], must_exist: bool) -> None:
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(keys[-1]), str):
+            return
+        p = Path(node[keys[-1]]).expanduser()
+        if p.is_absolute():
+            return
+        q = directory / p
+        if not must_exist or q.exists():
+            node[keys[-1]] = str(q)
+
+    for keys in _INPUT_PATHS:
+        resolve(keys, must_exist=True)
+    for keys in _OUTPUT_PATHS:
+        resolve(keys, must_exist=False)
+    return data
+
+
+def _drop_nulls(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into ``base``; a None in ``over`` removes the key, so its default applies."""
+    out = dict(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _drop_nulls(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def read_yaml_with_base(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a top-level ``base: other.yaml`` (relative to the file) is merged under it."""
+    """Read a YAML mapping; a top-level ``base: other.yaml`` (relative to the file) is merged under it.
+
+    Relative paths in each file are resolved against that file's directory (:func:`_resolve_paths`).
+    """
     path = Path(path)
-    data = read_yaml_mapping(path)
+    data = _resolve_paths(read_yaml_mapping(path), path.resolve().parent)
     base = data.pop("base", None)
     if base is not None:
         data = deep_merge(read_yaml_with_base(path.parent / base), data)
@@ -104,8 +194,35 @@ def read_yaml_with_base(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Load an experiment YAML (with its ``base``), apply ``overrides``, validate strictly."""
+    """Load an experiment YAML (with its ``base``), apply ``overrides``, validate strictly.
+
+    ``overrides`` (e.g. from ``--set``) are merged over the file; their paths stay relative to the
+    current directory. A None value resets the key to its default (``--set model.params=null``
+    drops every model param). When an override changes ``model.name`` without giving
+    ``model.params``, the file's params the new model does not accept are dropped with a warning
+    naming them; the ones it accepts are kept.
+    """
     data = read_yaml_with_base(path)
     if overrides:
-        data = deep_merge(data, overrides)
+        new_name = (overrides.get("model") or {}).get("name") if isinstance(overrides.get("model"), dict) else None
+        old = data.get("model") if isinstance(data.get("model"), dict) else {}
+        if new_name is not None and new_name != old.get("name") and "params" not in overrides["model"]:
+            _drop_foreign_params(data, old.get("name"), new_name)
+        data = _drop_nulls(data, overrides)
     return parse_config(data, ExperimentConfig, str(path))
+
+
+def _drop_foreign_params(data: dict[str, Any], old_name: str | None, new_name: str) -> None:
+    import warnings
+
+    from .models import REGISTRY
+
+    params = data.get("model", {}).get("params")
+    if not isinstance(params, dict) or not params or new_name not in REGISTRY:
+        return
+    fields = REGISTRY[new_name].cls.config_class.model_fields
+    dropped = sorted(k for k in params if k not in fields)
+    if dropped:
+        data["model"]["params"] = {k: v for k, v in params.items() if k in fields}
+        warnings.warn(f"model.params {dropped} of model {old_name!r} do not apply to {new_name!r} and were dropped "
+                      "(set the new model's params with --set model.params.KEY=VALUE)", stacklevel=2)

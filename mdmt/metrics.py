@@ -810,7 +810,9 @@ class EvalResult:
         caption = f"avg AUC {_fmt(self.avg_auc)} · macro task AUC {_fmt(self.macro_task_auc)}"
         if oracle:
             caption += f" · avg oracle AUC {_fmt(self.avg_oracle_auc)}"
-        table.caption = "\n".join([caption, *notes])
+        legend = ("each cell: AUC / GAUC / LogLoss (GAUC = per-user AUC weighted by the user's rows; "
+                  "higher AUC and GAUC, lower LogLoss are better)")
+        table.caption = "\n".join([legend, caption, *notes])
         return table
 
 

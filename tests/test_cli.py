@@ -53,7 +53,7 @@ def test_resume_continues_a_run(project: Path):
     assert main(["train", str(project / "exp.yaml"), "--run-dir", str(run_dir), "--resume",
                  "--set", "train.epochs=3", "--set", "train.patience=0"]) == 0
     log = (run_dir / "log-all.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in log] == [0, 1, 2]
+    assert [json.loads(x)["epoch"] for x in log] == [1, 2, 3]
 
 
 def test_regimes_cover_every_cell(project: Path):

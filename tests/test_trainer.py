@@ -31,13 +31,14 @@ class LinearModel(MDMTModel):
 
     config_class = _Cfg
 
-    def __init__(self, spec, emb, with_arch: bool = False):
+    def __init__(self, spec, emb, with_arch: bool = False, dropout: float = 0.0):
         super().__init__(spec, emb)
         self.head = nn.Linear(emb.input_dim, spec.num_tasks)
         self.arch = nn.Parameter(torch.zeros(spec.num_tasks)) if with_arch else None
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, batch):
-        z = self.head(self.embeddings.flat_input(batch))
+        z = self.head(self.drop(self.embeddings.flat_input(batch)))
         if self.arch is not None:
             z = z + self.arch
         return ModelOutput({t: z[:, i] for i, t in enumerate(self.task_names)})
@@ -50,10 +51,10 @@ class LinearModel(MDMTModel):
         return groups
 
 
-def _model(with_arch=False, seed=0):
+def _model(with_arch=False, seed=0, dropout=0.0):
     torch.manual_seed(seed)
     spec, fm = make_tiny()
-    return spec, fm, LinearModel(spec, EmbeddingCollection(spec, fm), with_arch)
+    return spec, fm, LinearModel(spec, EmbeddingCollection(spec, fm), with_arch, dropout)
 
 
 def test_masked_bce_is_mean_over_observed_rows():
@@ -91,7 +92,8 @@ def test_early_stopping_restores_best_not_last():
 
     cfg = TrainConfig(epochs=6, batch_size=16, patience=2, lr=0.05, progress=False)
     res = Trainer(model, cfg, score_fn).fit(train, valid)
-    assert res.best_epoch == 1
+    assert res.best_epoch == 2  # 1-based: the second epoch scored 0.9
+    assert res.stopped_early and not res.best_is_last
     assert len(res.history) == 4  # epochs 0..3: two bad epochs after the best, then one more -> stop
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k]), f"{k} is not the best epoch's weights"
@@ -129,7 +131,7 @@ def test_checkpoint_resume_continues(tmp_path):
     spec, fm, model2 = _model(seed=5)
     cfg4 = TrainConfig(epochs=4, batch_size=16, patience=5, progress=False)
     res = Trainer(model2, cfg4, score, run_dir=tmp_path, tag="m").fit(train, valid, resume=True)
-    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     assert len((tmp_path / "log-m.jsonl").read_text().splitlines()) == 4
 
 
@@ -232,3 +234,177 @@ def test_progress_display_shows_live_loss_and_speed():
     assert all(math.isfinite(s["loss"]) for s in steps)
     out = buf.getvalue()
     assert "epoch 2: train loss" in out and "samples/s" in out
+
+
+# ---- optimizer groups: explicit settings are used as given, unset ones inherit ---------------------
+
+
+def test_optimizer_group_explicit_values_are_not_overridden():
+    spec, fm, model = _model()
+    emb = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
+    head = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    model.optim_groups = lambda: [
+        OptimGroup("main", head, optimizer="adam", weight_decay=0.0),  # explicit: Adam, no decay
+        OptimGroup("emb", emb),  # everything inherited
+    ]
+    cfg = TrainConfig(optimizer="sgd", lr=0.3, weight_decay=0.1, progress=False)
+    tr = Trainer(model, cfg, lambda p: 0.0)
+    main, rest = tr.optimizers
+    assert isinstance(main, torch.optim.Adam) and main.param_groups[0]["weight_decay"] == 0.0
+    assert main.param_groups[0]["lr"] == 0.3
+    assert isinstance(rest, torch.optim.SGD)
+    assert rest.param_groups[0]["weight_decay"] == 0.1 and rest.param_groups[0]["lr"] == 0.3
+
+
+def test_default_group_inherits_the_training_optimizer():
+    spec, fm, model = _model()
+    tr = Trainer(model, TrainConfig(optimizer="adagrad", lr=0.05, weight_decay=0.01, progress=False), lambda p: 0.0)
+    (opt,) = tr.optimizers
+    assert isinstance(opt, torch.optim.Adagrad)
+    assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["weight_decay"] == 0.01
+
+
+# ---- selection: end of budget, NaN scores ----------------------------------------------------------
+
+
+def _scripted_fit(scores, epochs, patience):
+    spec, fm, model = _model()
+    train = make_batch(spec, fm, size=64, seed=1)
+    valid = make_batch(spec, fm, size=32, seed=2)
+    it = iter(scores)
+    snapshots = []
+
+    def score_fn(probs):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(it)
+
+    cfg = TrainConfig(epochs=epochs, batch_size=16, patience=patience, lr=0.05, progress=False)
+    return model, snapshots, Trainer(model, cfg, score_fn).fit(train, valid)
+
+
+def test_end_of_budget_restores_best_epoch_not_last():
+    """The epochs run out (no early stop) after the best epoch: its weights are restored."""
+    model, snaps, res = _scripted_fit([0.5, 0.8, 0.7, 0.6], epochs=4, patience=10)
+    assert res.best_epoch == 2 and res.epochs_run == 4 and not res.stopped_early
+    assert not res.best_is_last
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snaps[1][k]), k
+    assert not torch.equal(snaps[1]["head.weight"], snaps[-1]["head.weight"])
+
+
+def test_best_epoch_last_is_flagged():
+    model, snaps, res = _scripted_fit([0.5, 0.6, 0.7], epochs=3, patience=2)
+    assert res.best_epoch == 3 and res.best_is_last
+
+
+def test_nan_scores_never_count_as_best():
+    model, snaps, res = _scripted_fit([math.nan, 0.7, math.nan, 0.6], epochs=4, patience=10)
+    assert res.best_epoch == 2 and res.selection == "best"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snaps[1][k]), k
+
+
+def test_all_nan_scores_keep_last_weights_and_say_so():
+    model, snaps, res = _scripted_fit([math.nan] * 3, epochs=3, patience=10)
+    assert res.best_epoch is None and res.selection == "last" and not res.best_is_last
+    assert all(h["best_epoch"] is None for h in res.history)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snaps[-1][k]), k
+
+
+def test_grad_clip_and_steps_must_be_positive():
+    from pydantic import ValidationError
+
+    for bad in ({"grad_clip": -1.0}, {"grad_clip": 0.0}, {"max_steps_per_epoch": 0}, {"num_threads": -2}):
+        with pytest.raises(ValidationError):
+            TrainConfig(**bad)
+
+
+# ---- checkpoints: plain data only; resume equals an uninterrupted run ------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _resume_setup(tmp_path, interrupt_at=None, resume=False, seen=None):
+    """Epochs 4, cosine schedule, dropout (uses the RNG), an 'arch' group stepped on valid batches."""
+    from mdmt.train.trainer import seed_everything
+
+    seed_everything(11)
+    spec, fm, model = _model(with_arch=True, seed=11, dropout=0.3)
+    train = make_batch(spec, fm, size=96, seed=1)
+    valid = make_batch(spec, fm, size=48, seed=2)
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, scheduler="cosine", patience=0, progress=False, seed=11)
+    tr = Trainer(model, cfg, lambda p: float(-np.abs(p - 0.5).mean()), run_dir=tmp_path, tag="m")
+
+    def progress(event, **info):
+        if event == "step" and info["step"] == 0 and info["epoch"] == 3:
+            if seen is not None:  # state at the first step of epoch 3 (after a resume: right after it)
+                seen["rng"] = torch.get_rng_state().clone()
+                seen["np"] = np.random.get_state()[1].copy()
+                seen["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+            if interrupt_at == 3:
+                raise _Stop
+
+    res = tr.fit(train, valid, resume=resume, progress=progress)
+    return tr, res
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    a_seen, b_seen = {}, {}
+    full, res_full = _resume_setup(tmp_path / "a", seen=a_seen)
+    with pytest.raises(_Stop):
+        _resume_setup(tmp_path / "b", interrupt_at=3)  # killed in epoch 3: the checkpoint holds epoch 2
+    resumed, res_res = _resume_setup(tmp_path / "b", resume=True, seen=b_seen)
+    assert torch.equal(a_seen["rng"], b_seen["rng"]) and np.array_equal(a_seen["np"], b_seen["np"])
+    for k in a_seen["weights"]:
+        assert torch.equal(a_seen["weights"][k], b_seen["weights"][k]), k
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for oa, ob in zip(full.optimizers, resumed.optimizers):
+        sa, sb = oa.state_dict(), ob.state_dict()
+        assert sa["param_groups"] == sb["param_groups"]
+        for pid in sa["state"]:
+            for key, v in sa["state"][pid].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][pid][key])), (pid, key)
+    assert [s.state_dict() for s in full.schedulers] == [s.state_dict() for s in resumed.schedulers]
+    assert torch.equal(torch.get_rng_state(), torch.get_rng_state())
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_sec")} for r in h]  # noqa: E731
+    assert strip(res_full.history) == strip(res_res.history)
+    assert res_full.best_epoch == res_res.best_epoch
+
+
+def test_every_checkpoint_loads_with_weights_only(tmp_path):
+    _resume_setup(tmp_path)
+    files = sorted((tmp_path / "checkpoints").glob("*.pt"))
+    assert {f.name for f in files} == {"m-last.pt", "m-best.pt"}
+    for f in files:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        assert state
+    last = torch.load(tmp_path / "checkpoints" / "m-last.pt", weights_only=True)
+    assert set(last["rng"]) >= {"torch", "numpy", "python"} and last["epochs_done"] == 4
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", "truncated"])
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content):
+    from mdmt.train.checkpoint import CheckpointError, load_checkpoint
+
+    _resume_setup(tmp_path)
+    path = tmp_path / "checkpoints" / "m-last.pt"
+    if content == "truncated":
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="m-last.pt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="m-last.pt"):
+        _resume_setup(tmp_path, resume=True)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    from mdmt.train.checkpoint import CheckpointError, load_weights
+
+    spec, fm, model = _model()
+    other = {"layer.weight": torch.zeros(2, 2)}
+    with pytest.raises(CheckpointError, match="missing .*unexpected layer.weight"):
+        load_weights(model, other, tmp_path / "x.pt", "model 'mlp'")

@@ -413,7 +413,7 @@ def _record(
         "valid": result.valid.to_dict(),
         "test": result.test.to_dict(),
         "history": list(result.history),
-        "best_epoch": result.best_epoch if isinstance(result.best_epoch, dict) else int(result.best_epoch),
+        "best_epoch": result.best_epoch,  # 1-based; None when no epoch had a defined validation score
         "train_seconds": float(result.train_seconds),
         "samples_per_sec": float(result.samples_per_sec),
         "wall_seconds": seconds,
@@ -500,7 +500,7 @@ def run_bench(
             run_dir = out / "runs" / key.dataset / slugify(key.label) / f"seed{key.seed}"
             t0 = time.perf_counter()
             result = run_experiment(
-                exp, data_dir=data_dir, run_dir=run_dir, resume=False, prepared=prepared[key.dataset], quiet=True
+                exp, data_dir=data_dir, run_dir=run_dir, overwrite=True, prepared=prepared[key.dataset], quiet=True
             )
             rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
             write_json_atomic(cell_path(out, key), rec)

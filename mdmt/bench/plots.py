@@ -149,13 +149,13 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "tr
     tags = list(dict.fromkeys(h["tag"] for h in history))
     for tag in tags:
         rows = [h for h in history if h["tag"] == tag]
-        epochs = [h["epoch"] + 1 for h in rows]
+        epochs = [h["epoch"] for h in rows]  # 1-based
         ax_loss.plot(epochs, [h["train_loss"] for h in rows], marker="o", ms=3, label=tag)
         line = ax_score.plot(epochs, [h["valid_score"] for h in rows], marker="o", ms=3, label=tag)[0]
         best = rows[-1]["best_epoch"]
         hit = [h for h in rows if h["epoch"] == best]
         if hit:
-            ax_score.plot([best + 1], [hit[0]["valid_score"]], marker="*", ms=12, color=line.get_color())
+            ax_score.plot([best], [hit[0]["valid_score"]], marker="*", ms=12, color=line.get_color())
     ax_loss.set_title("training loss (mean over the epoch)")
     ax_score.set_title("validation score (★ = restored epoch)")
     from matplotlib.ticker import MaxNLocator

@@ -46,14 +46,18 @@ class OptimGroup:
 
     ``step_on="train"`` groups are stepped on training batches with the task loss; ``"valid"``
     groups (e.g. M3oE's architecture weights α, β) are stepped on their own validation batches and
-    are never updated by the main optimizer. ``lr=None`` means the trainer's learning rate.
+    are never updated by the main optimizer.
+
+    ``optimizer``, ``lr`` and ``weight_decay`` left at ``None`` inherit ``train.optimizer``,
+    ``train.lr`` and ``train.weight_decay``; a value set here is used as given, whatever the
+    group's name (an explicit ``weight_decay=0.0`` means no decay, an explicit ``"adam"`` means Adam).
     """
 
     name: str
     params: list[nn.Parameter]
-    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] | None = None
     lr: float | None = None
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     step_on: Literal["train", "valid"] = "train"
 
 
@@ -74,7 +78,7 @@ class MDMTModel(nn.Module):
         raise NotImplementedError
 
     def optim_groups(self) -> list[OptimGroup]:
-        """Default: every parameter in one Adam group."""
+        """Default: every parameter in one group with the trainer's optimizer, lr and weight decay."""
         return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
 
     def stop_gradient_params(self) -> list[str]:

@@ -53,7 +53,7 @@ class RunProgress:
         if self._progress is None:
             return
         if event == "step":
-            desc = f"{info['tag']} epoch {info['epoch'] + 1}/{self.epochs}"
+            desc = f"{info['tag']} epoch {info['epoch']}/{self.epochs}"
             if self._task is None or info["step"] == 0:
                 if self._task is not None:
                     self._progress.remove_task(self._task)
@@ -67,7 +67,8 @@ class RunProgress:
                 self._progress.remove_task(self._task)
                 self._task = None
             sps = info.get("samples_per_sec") or 0.0
+            best = info["best_epoch"] if info["best_epoch"] is not None else "none (score undefined)"
             self._progress.console.print(
-                f"[dim]{info['tag']}[/] epoch {info['epoch'] + 1}: train loss {info['train_loss']:.4f}  "
-                f"valid score {info['valid_score']:.4f}  best epoch {info['best_epoch'] + 1}  {sps:,.0f} samples/s"
+                f"[dim]{info['tag']}[/] epoch {info['epoch']}: train loss {info['train_loss']:.4f}  "
+                f"valid score {info['valid_score']:.4f}  best epoch {best}  {sps:,.0f} samples/s"
             )

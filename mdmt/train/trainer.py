@@ -10,7 +10,6 @@ and never receive the main optimizer's updates.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from ..batch import Batch
 from ..config import TrainConfig
 from ..data.loader import BatchIterator
 from ..models.base import MDMTModel, OptimGroup
+from .checkpoint import atomic_save, load_checkpoint, load_weights, rng_state, set_rng_state
 from .loss import multitask_loss
 
 __all__ = ["Trainer", "BatchSource", "FitResult", "seed_everything", "resolve_device", "atomic_save", "predict"]
@@ -44,22 +44,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU. A device that does not exist here raises a ConfigError."""
+    from ..schema import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name!r} requested but CUDA is not available on this machine "
+                              "(use device: auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name!r} requested but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"train.device: {name!r} requested but MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 @torch.inference_mode()
@@ -98,13 +104,28 @@ _OPTIMIZERS = {
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` returns."""
+    """What :meth:`Trainer.fit` returns.
 
-    best_epoch: int
+    ``best_epoch`` is 1-based (as in every log, report and ``metrics.json``), or None when no
+    epoch had a defined validation score: then nothing could be selected and the model keeps the
+    last epoch's weights (``selection`` says so). ``epochs_run`` counts the epochs trained in all,
+    ``stopped_early`` is True when patience ended training before ``train.epochs``.
+    """
+
+    best_epoch: int | None
     best_score: float
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     samples_seen: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    selection: str = "best"  # "best": best validation epoch restored; "last": score undefined, last epoch kept
+
+    @property
+    def best_is_last(self) -> bool:
+        """True when the budget ran out while the score was still improving (more epochs may help)."""
+        return (self.selection == "best" and not self.stopped_early and self.best_epoch is not None
+                and self.best_epoch == self.epochs_run)
 
     @property
     def samples_per_sec(self) -> float:
@@ -123,6 +144,8 @@ class Trainer:
         tag: a name for this model inside a run (several per run in the per-domain/per-task regimes).
         task_weights: ``w_t`` of the loss ``Σ_t w_t · BCE_t`` in ``model.task_names`` order
             (``TaskSpec.weight``); default 1 for every task.
+        groups: the optimizer groups; default ``model.optim_groups()`` (a warm start splits them,
+            :mod:`mdmt.train.warmstart`). Every parameter that requires grad must be in one group.
 
     Example::
 
@@ -138,6 +161,7 @@ class Trainer:
         run_dir: Path | None = None,
         tag: str = "model",
         task_weights: list[float] | None = None,
+        groups: list[OptimGroup] | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -150,7 +174,7 @@ class Trainer:
         if task_weights is not None and len(task_weights) != len(self.task_names):
             raise ValueError(f"{len(task_weights)} task weights for {len(self.task_names)} tasks")
         self._weights = torch.tensor(task_weights or [1.0] * len(self.task_names), device=self.device)
-        groups = model.optim_groups()
+        groups = model.optim_groups() if groups is None else groups
         self._check_groups(groups)
         self.train_groups = [g for g in groups if g.step_on == "train"]
         self.valid_groups = [g for g in groups if g.step_on == "valid"]
@@ -175,9 +199,10 @@ class Trainer:
             raise ValueError(f"parameters in no optimizer group: {missing[:5]}")
 
     def _make_optimizer(self, g: OptimGroup) -> torch.optim.Optimizer:
-        lr = g.lr if g.lr is not None else self.cfg.lr
-        kind = g.optimizer if (g.optimizer != "adam" or g.name != "main") else self.cfg.optimizer
-        wd = g.weight_decay or self.cfg.weight_decay
+        """One optimizer for ``g``; a field the group leaves at None inherits the training config's."""
+        lr = self.cfg.lr if g.lr is None else g.lr
+        kind = self.cfg.optimizer if g.optimizer is None else g.optimizer
+        wd = self.cfg.weight_decay if g.weight_decay is None else g.weight_decay
         return _OPTIMIZERS[kind](g.params, lr=lr, weight_decay=wd)
 
     def _make_schedulers(self, total_steps: int) -> None:
@@ -208,7 +233,7 @@ class Trainer:
             o.zero_grad(set_to_none=True)
         loss, per_task = self._loss(batch)
         loss.backward(inputs=self._train_params)
-        if self.cfg.grad_clip:
+        if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self._train_params, self.cfg.grad_clip)
         for o in self._train_opts:
             o.step()
@@ -227,20 +252,22 @@ class Trainer:
     def _ckpt_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
-    def _state(self, epoch: int, best: dict, history: list[dict]) -> dict:
+    def _state(self, epochs_done: int, best: dict, history: list[dict]) -> dict:
+        """The resumable training state; tensors and plain data only (loads with ``weights_only=True``)."""
         return {
-            "epoch": epoch,
+            "epochs_done": epochs_done,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "best": best,
             "history": history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
         }
 
     def _log(self, record: dict) -> None:
         if self.log_path is None:
             return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -264,7 +291,14 @@ class Trainer:
         ``train`` is a whole split in memory (sliced per batch by a shuffling
         :class:`~mdmt.data.loader.BatchIterator`) or any batch source with ``set_epoch`` and
         ``__len__``, e.g. a :class:`~mdmt.data.loader.ParquetStream` for data larger than memory.
+        ``resume`` continues from ``checkpoints/<tag>-last.pt`` when it exists (weights, optimizer
+        and scheduler states, RNG states, best epoch so far and history), else starts afresh.
         ``progress`` (optional) is called as ``progress(event, **info)`` for a live display.
+
+        Epochs are numbered from 1 in the returned history, the logs and ``best_epoch``. An epoch
+        whose validation score is NaN (e.g. no validation cell holds both classes) never counts as
+        an improvement; when no epoch has a defined score, the last epoch's weights are kept and
+        ``FitResult.selection`` is ``"last"``.
         """
         c = self.cfg
         it = train if not isinstance(train, Batch) else BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
@@ -272,30 +306,22 @@ class Trainer:
         self._make_schedulers(self._steps_per_epoch * c.epochs)
         valid_it = BatchIterator(valid, c.batch_size, shuffle=True, seed=c.seed + 7919) if self.valid_groups else None
         history: list[dict] = []
-        best = {"score": -math.inf, "epoch": -1, "state": None}
-        start_epoch = 0
+        best: dict = {"score": -math.inf, "epoch": None, "state": None}
+        start_epoch, stopped = 0, False
         ckpt_dir = self._ckpt_dir()
         last = ckpt_dir / f"{self.tag}-last.pt" if ckpt_dir else None
         if resume and last is not None and last.exists():
-            state = torch.load(last, map_location=self.device, weights_only=False)
-            self.model.load_state_dict(state["model"])
-            for o, s in zip(self.optimizers, state["optimizers"]):
-                o.load_state_dict(s)
-            for sch, s in zip(self.schedulers, state["schedulers"]):
-                sch.load_state_dict(s)
+            state = load_checkpoint(last, map_location=self.device)
+            self._restore(state, last)
             best, history = state["best"], state["history"]
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            start_epoch = state["epoch"] + 1
-            if state.get("stopped"):
-                start_epoch = c.epochs
+            start_epoch = int(state["epochs_done"])
+            stopped = bool(state.get("stopped"))
         seen, seconds, bad_epochs = 0, 0.0, 0
         if history:
             bad_epochs = history[-1].get("bad_epochs", 0)
         self.model.train()
         for epoch in range(start_epoch, c.epochs):
-            if self._should_stop(bad_epochs):
+            if stopped:
                 break
             it.set_epoch(epoch)
             valid_iter = None
@@ -324,7 +350,7 @@ class Trainer:
                 if step % 20 == 0:  # a host sync only every 20 steps
                     self._check_finite(loss_sum, epoch, step)
                 if progress is not None and (step % 20 == 0):
-                    progress("step", tag=self.tag, epoch=epoch, step=step, steps=self._steps_per_epoch,
+                    progress("step", tag=self.tag, epoch=epoch + 1, step=step, steps=self._steps_per_epoch,
                              loss=float(loss), rows=rows)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -334,15 +360,16 @@ class Trainer:
             seen += rows
             probs = predict(self.model, valid, c.eval_batch_size, self.device)
             score = float(self.score_fn(probs))
-            improved = not math.isnan(score) and score > best["score"] + c.min_delta
+            improved = math.isfinite(score) and score > best["score"] + c.min_delta
             if improved:
-                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(self.model.state_dict())}
+                best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(self.model.state_dict())}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
+            stopped = self._should_stop(bad_epochs)
             rec = {
                 "tag": self.tag,
-                "epoch": epoch,
+                "epoch": epoch + 1,
                 "train_loss": float(loss_sum) / max(steps, 1),
                 "valid_score": score,
                 "best_epoch": best["epoch"],
@@ -356,14 +383,37 @@ class Trainer:
             if progress is not None:
                 progress("epoch", **rec)
             if last is not None:
-                state = self._state(epoch, best, history)
-                state["stopped"] = self._should_stop(bad_epochs)
+                state = self._state(epoch + 1, best, history)
+                state["stopped"] = stopped
                 atomic_save(state, last)
-            if self._should_stop(bad_epochs):
-                break
+        selection = "best"
         if best["state"] is not None:  # restore the best epoch, never the last
             self.model.load_state_dict(best["state"])
+        else:
+            selection = "last"
         if ckpt_dir is not None:
             atomic_save(self.model.state_dict(), ckpt_dir / f"{self.tag}-best.pt")
         return FitResult(best_epoch=best["epoch"], best_score=best["score"], history=history,
-                         train_seconds=seconds, samples_seen=seen)
+                         train_seconds=seconds, samples_seen=seen, epochs_run=len(history),
+                         stopped_early=stopped and len(history) < c.epochs, selection=selection)
+
+    def _restore(self, state: dict, path: Path) -> None:
+        """Load a ``-last.pt`` training state (weights, optimizers, schedulers, RNG) into this trainer."""
+        from .checkpoint import CheckpointError
+
+        keys = {"epochs_done", "model", "optimizers", "schedulers", "best", "history", "rng"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise CheckpointError(f"{path}: not a training checkpoint (expected the keys {sorted(keys)})")
+        load_weights(self.model, state["model"], path, f"model {self.tag!r} of this run")
+        if len(state["optimizers"]) != len(self.optimizers) or len(state["schedulers"]) != len(self.schedulers):
+            raise CheckpointError(f"{path}: written with {len(state['optimizers'])} optimizer(s) and "
+                                  f"{len(state['schedulers'])} scheduler(s), this run has {len(self.optimizers)} "
+                                  f"and {len(self.schedulers)}; resume with the run's own training settings")
+        try:
+            for o, s in zip(self.optimizers, state["optimizers"]):
+                o.load_state_dict(s)
+            for sch, s in zip(self.schedulers, state["schedulers"]):
+                sch.load_state_dict(s)
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: its optimizer or RNG state does not fit this run: {err}") from None
