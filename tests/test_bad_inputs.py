@@ -18,8 +18,11 @@ def test_bad_input_gets_one_clear_message(case_id: str, tmp_path: Path):
     argv, outcome = run_case(case, tmp_path)
     assert outcome.code == 2, f"{argv}: exit {outcome.code}\n{outcome.stderr}"
     assert "Traceback" not in outcome.stderr + outcome.stdout
-    assert outcome.stderr.startswith("mdmt") or outcome.stderr.startswith("usage"), outcome.stderr
-    assert case.expect.lower() in outcome.stderr.lower(), f"{case.expect!r} not in: {outcome.stderr}"
+    message = outcome.message
+    assert message.startswith(("mdmt: error", "usage:")), outcome.stderr
+    assert len(message.splitlines()) <= 3 or message.startswith("usage:"), f"not one message: {message}"
+    assert case.expect.lower() in message.lower(), f"{case.expect!r} not in: {message}"
+    assert not outcome.changed, f"the failed command created or changed files under runs/: {outcome.changed}"
 
 
 def test_errors_doc_lists_every_case():

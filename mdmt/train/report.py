@@ -47,7 +47,7 @@ def selection_notes(result: "RunResult") -> list[str]:
             notes.append(f"{name}no epoch could be selected: the validation score ({result.config.train.monitor}) "
                          "was NaN at every epoch (e.g. no validation cell holds both classes); "
                          "the last epoch's weights are used")
-        elif fit.best_is_last:
+        elif fit.best_is_last and fit.epochs_run > 1:
             notes.append(f"{name}the best epoch is the last one ({fit.best_epoch} of {fit.epochs_run}): "
                          "the score was still improving, the training budget may be too small "
                          "(raise train.epochs)")

@@ -14,6 +14,7 @@ them are merged and evaluated together, so every regime is reported on the same 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -27,11 +28,11 @@ import yaml
 
 from ..batch import Batch
 from ..config import ExperimentConfig
+from ..data.base import DataError
 from ..featuremap import FeatureMap
 from ..metrics import EvalResult, evaluate
 from ..models import build_model
 from ..models.base import MDMTModel
-from ..data.base import DataError
 from ..schema import ConfigError, DatasetSpec
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .trainer import FitResult, Trainer, predict, resolve_device, seed_everything
@@ -247,8 +248,9 @@ def _check_units(units: list[Unit], train: Batch, valid: Batch, spec: DatasetSpe
 _EXTREME = 1e4  # an encoded (standardised) dense value this far out is almost surely a data error
 
 
-def _diagnose_dense(data: Batch, fm: FeatureMap) -> str:
-    """Name the dense columns holding non-finite or extreme encoded values (why a loss can blow up)."""
+def _diagnose_dense(data: Batch, fm: FeatureMap, extreme: float = _EXTREME) -> str:
+    """Name the dense columns holding non-finite or extreme (beyond ``extreme``) encoded values:
+    why a loss can blow up."""
     if data.dense.numel() == 0:
         return ""
     bad = []
@@ -261,7 +263,7 @@ def _diagnose_dense(data: Batch, fm: FeatureMap) -> str:
         raw = f" (train mean {st.mean:.4g}, std {st.std:.4g}, max {st.max:.4g})" if st is not None else ""
         if nonfinite:
             bad.append(f"dense column {name!r} has {nonfinite} non-finite encoded value(s){raw}")
-        elif big > _EXTREME:
+        elif big > extreme:
             bad.append(f"dense column {name!r} reaches {big:.3g} after encoding{raw}: an extreme raw value; "
                        "clip it, or use transform: log_standard or bucketize for this feature")
     return "; ".join(bad)
@@ -306,6 +308,15 @@ def run_experiment(
     train, valid, test = prepared.splits["train"], prepared.splits["valid"], prepared.splits["test"]
     units = regime_units(cfg.train.regime, spec)
     _check_units(units, train, valid, spec, cfg.train.regime)
+    for split, b in prepared.splits.items():  # a non-finite encoded value would poison training or scoring
+        why = _diagnose_dense(b, fm, extreme=math.inf)
+        if why:
+            raise DataError(f"{prepared.source}: {split} split: {why}")
+    why = _diagnose_dense(train, fm)
+    if why:  # finite but extreme: training may still work, but the feature is probably broken
+        import warnings
+
+        warnings.warn(f"{prepared.source}: train split: {why}", stacklevel=2)
     if cfg.train.streaming and prepared.cache_path is None:
         raise ConfigError("train.streaming reads the cached Parquet shards, but this data set has no cache")
     warm = None
@@ -320,8 +331,11 @@ def run_experiment(
         if stored is None or stored.model_dump() != fm.model_dump():
             raise ConfigError(f"--resume: the data no longer gives the feature map {run_dir} was trained with "
                               "(feature_map.json differs)")
+        for path in sorted((run_dir / "checkpoints").glob("*-last.pt")):
+            load_checkpoint(path)  # an unreadable checkpoint fails here, before anything is written
 
     # ---- from here on files are written --------------------------------------------------------
+    old_config = (run_dir / "config.yaml").read_bytes() if resume else None
     created = not run_dir.exists()
     aside = None
     if not resume and run_dir.exists():  # --overwrite (or an empty directory): keep the old run until done
@@ -340,6 +354,8 @@ def run_experiment(
     except BaseException:
         if created and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+        if old_config is not None:  # a failed resume leaves the run's config as it was
+            (run_dir / "config.yaml").write_bytes(old_config)
         if aside is not None:
             aside.rename(run_dir)
         raise

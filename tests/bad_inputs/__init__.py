@@ -21,7 +21,8 @@ import io
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +123,17 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
+    changed: list[str] = field(default_factory=list)  # files under runs/ created, altered or removed
+
+    @property
+    def message(self) -> str:
+        """The error as printed: stderr from its first ``mdmt: error`` / ``usage:`` line on (progress
+        lines of the stages that ran before the error are not part of it); all of stderr if none."""
+        lines = self.stderr.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith(("mdmt: error", "usage:")):
+                return "\n".join(lines[i:]).strip()
+        return self.stderr.strip()
 
 
 def _call(argv: list[str], cwd: Path) -> tuple[int, str, str]:
@@ -145,8 +157,24 @@ def run_case(case: BadInput, root: Path) -> tuple[list[str], Outcome]:
     """Prepare ``case`` in ``root`` and run its command there. Exceptions other than SystemExit propagate."""
     ws = Workspace(root)
     argv = case.setup(ws)
+    before = _snapshot(root / "runs")
     code, out, err = _call(argv, root)
-    return argv, Outcome(code, out, err)
+    after = _snapshot(root / "runs")
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return argv, Outcome(code, out, err, changed)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """``{relative path: sha1}`` of every file under ``root`` (directories as ``path/``)."""
+    if not root.exists():
+        return {}
+    if root.is_file():
+        return {".": hashlib.sha1(root.read_bytes()).hexdigest()}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel + ("/" if p.is_dir() else "")] = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else ""
+    return out
 
 
 def load_cases() -> dict[str, BadInput]:

@@ -41,7 +41,7 @@ def render() -> str:
                 root = Path(tmp).resolve()
                 argv, outcome = run_case(case, root)
                 shown = [a.replace(str(root) + "/", "").replace(str(root), ".") for a in argv]
-                message = outcome.stderr.strip().replace(str(root) + "/", "").replace(str(root), ".")
+                message = outcome.message.replace(str(root) + "/", "").replace(str(root), ".")
             lines += [
                 f"### {case.title} <a id=\"{case.id}\"></a>",
                 "",
