@@ -123,7 +123,7 @@ def result_rows(records: Iterable[dict[str, Any]], splits: Sequence[str] = ("tes
 def _best_epoch(v: Any) -> int | None:
     """A run's best epoch; for a regime with several models (``{unit: epoch}``), the latest one."""
     if isinstance(v, dict):
-        return max((int(x) for x in v.values()), default=None)
+        return max((int(x) for x in v.values() if x is not None), default=None)
     return None if v is None else int(v)
 
 

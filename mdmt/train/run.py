@@ -188,9 +188,10 @@ def check_experiment(cfg: ExperimentConfig, run_dir: Path | None, resume: bool =
     model_config(cfg.model.name, cfg.model.params)
     resolve_device(cfg.train.device)
     t = cfg.train
-    if t.streaming and (t.regime != "mdmt" or cfg.data.cache_dir is None):
-        raise ConfigError("train.streaming reads the cached Parquet shards: it needs data.cache_dir and regime "
-                          f"'mdmt' (got regime {t.regime!r}, data.cache_dir {cfg.data.cache_dir})")
+    if t.streaming and cfg.data.cache_dir is None:
+        raise ConfigError("train.streaming reads the cached Parquet shards: set data.cache_dir")
+    if t.streaming and t.regime != "mdmt":
+        raise ConfigError(f"train.streaming supports regime 'mdmt' only (got regime {t.regime!r})")
     if t.warm_start is not None:
         from .warmstart import check_source
 

@@ -78,7 +78,9 @@ def feature_map_differences(a: FeatureMap, b: FeatureMap) -> list[str]:
     for name in sorted(set(a.vocabs) | set(b.vocabs)):
         va, vb = a.vocabs.get(name), b.vocabs.get(name)
         if va != vb:
-            out.append(f"vocabulary {name!r} differs ({len(va or [])} vs {len(vb or [])} ids)")
+            na, nb = len(va or []), len(vb or [])
+            size = f"{na} vs {nb} ids" if na != nb else f"{na} ids each, not the same ones in the same order"
+            out.append(f"vocabulary {name!r} differs ({size})")
     for name in sorted(set(a.dense_stats) | set(b.dense_stats)):
         if a.dense_stats.get(name) != b.dense_stats.get(name):
             out.append(f"the statistics of dense feature {name!r} differ")
