@@ -127,8 +127,9 @@ def test_best_epoch_last_warns(tmp_path: Path, capsys):
     with mock.patch.object(trainer.Trainer, "__init__", rising):
         assert main(["train", str(tmp_path / "exp.yaml"), "--run-dir", str(tmp_path / "runs" / "r"),
                      "--set", "train.progress=false"]) == 0
-    out = capsys.readouterr().out
-    assert "best epoch is the last one (2 of 2)" in " ".join(out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "best epoch is the last one (2 of 2)" in out
+    assert "each cell: AUC / GAUC / LogLoss" in out  # the legend of the console table
     m = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
     assert any("last one" in n for n in m["selection_notes"])
     assert "**warning**: the best epoch is the last one" in (tmp_path / "runs" / "r" / "report.md").read_text()
