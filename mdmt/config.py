@@ -8,6 +8,7 @@ the ``--data-dir`` CLI option or the ``MDMT_DATA_DIR`` environment variable.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -196,8 +197,8 @@ def read_yaml_with_base(path: str | Path) -> dict[str, Any]:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Load an experiment YAML (with its ``base``), apply ``overrides``, validate strictly.
 
-    ``overrides`` (e.g. from ``--set``) are merged over the file; their paths stay relative to the
-    current directory. A None value resets the key to its default (``--set model.params=null``
+    ``overrides`` (e.g. from ``--set``) are merged over the file; their relative paths are taken
+    from the current directory (and stored absolute, so a run's ``config.yaml`` works from anywhere). A None value resets the key to its default (``--set model.params=null``
     drops every model param). When an override changes ``model.name`` without giving
     ``model.params``, the file's params the new model does not accept are dropped with a warning
     naming them; the ones it accepts are kept.
@@ -208,7 +209,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         old = data.get("model") if isinstance(data.get("model"), dict) else {}
         if new_name is not None and new_name != old.get("name") and "params" not in overrides["model"]:
             _drop_foreign_params(data, old.get("name"), new_name)
-        data = _drop_nulls(data, overrides)
+        data = _drop_nulls(data, _resolve_paths(copy.deepcopy(overrides), Path.cwd()))
     return parse_config(data, ExperimentConfig, str(path))
 
 
