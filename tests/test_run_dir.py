@@ -103,6 +103,11 @@ def test_finished_run_files(done: Path):
     # order is observed in search only: null labels in home
     assert pred.filter(pl.col("domain") == "home")["label_order"].null_count() == (pred["domain"] == "home").sum()
     assert pred["label_click"].null_count() == 0 and set(pred["label_click"].unique()) <= {0, 1}
+    # every checkpoint of the run loads without unpickling Python objects
+    import torch
+
+    for ckpt in sorted((done / "checkpoints").glob("*.pt")):
+        assert torch.load(ckpt, map_location="cpu", weights_only=True), ckpt
     # the scores are those of `mdmt evaluate`: the same rows in the same order
     from mdmt.data import load_prepared
     from mdmt.train.run import load_run

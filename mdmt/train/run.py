@@ -246,6 +246,20 @@ def _check_units(units: list[Unit], train: Batch, valid: Batch, spec: DatasetSpe
                             "validation split, so no epoch can be selected (use regime 'mdmt' or another split)")
 
 
+def _check_model_builds(cfg: ExperimentConfig, spec: DatasetSpec, fm: FeatureMap, units: list[Unit]) -> None:
+    """Build the first model of the regime once: params that do not fit this data set fail here,
+    before anything is written."""
+    unit = units[0]
+    unit_spec = spec.restrict(tasks=[spec.task_names[t] for t in unit.tasks]) if unit.tasks is not None else spec
+    try:
+        build_model(cfg.model.name, unit_spec, fm, cfg.model.params, embedding_init_std=cfg.train.embedding_init_std)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise ConfigError(f"model {cfg.model.name!r} with params {cfg.model.params} cannot be built for data set "
+                          f"{spec.name!r}: {err}") from None
+
+
 _EXTREME = 1e4  # an encoded (standardised) dense value this far out is almost surely a data error
 
 
@@ -309,6 +323,7 @@ def run_experiment(
     train, valid, test = prepared.splits["train"], prepared.splits["valid"], prepared.splits["test"]
     units = regime_units(cfg.train.regime, spec)
     _check_units(units, train, valid, spec, cfg.train.regime)
+    _check_model_builds(cfg, spec, fm, units)
     for split, b in prepared.splits.items():  # a non-finite encoded value would poison training or scoring
         why = _diagnose_dense(b, fm, extreme=math.inf)
         if why:
