@@ -244,3 +244,13 @@ def test_unwritable_output_paths_are_refused(tmp_path: Path, monkeypatch, capsys
     assert "is not writable" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "r"), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "s.parquet")]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_predict_keeps_a_label_column_beside_prefixed_scores(done: Path, tmp_path: Path):
+    rows = done.parents[1] / "rows.csv"
+    out = tmp_path / "s.parquet"
+    assert main(["predict", str(done), str(rows), "--out", str(out), "--keep", "user_id", "click",
+                 "--score-prefix", "p_"]) == 0
+    scores = pl.read_parquet(out)
+    assert scores.columns == ["user_id", "click", "p_click", "p_order"]
+    assert scores["click"].to_list() == pl.read_csv(rows)["click"].to_list()  # the input column, not a score
