@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from .embeddings import EmbeddingConfig
 from .schema import StrictModel, parse_config, read_yaml_mapping
 
 __all__ = [
@@ -38,10 +39,13 @@ class DataConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """A registered model and its params (validated by the model's own config class)."""
+    """A registered model, its params (validated by the model's own config class) and the
+    embedding settings every model shares (``embedding``: dim, domain input, id dropout; e.g.
+    ``--set model.embedding.dim=32``)."""
 
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingConfig = EmbeddingConfig()
 
 
 class TrainConfig(StrictModel):

@@ -8,8 +8,9 @@ Contents:
 
 * :func:`domain_select`: the one per-domain routing helper (gather per-domain parameters or
   per-domain outputs by ``batch.domain``).
-* :class:`MLP`: a fully connected stack.
-* :class:`ParallelMLP`: ``K`` independent MLPs evaluated in one batched op (experts, towers).
+* :class:`MLP`: a fully connected stack, with the one normalisation option :data:`Norm`.
+* :class:`ParallelMLP`: ``K`` independent MLPs evaluated in one batched op (experts, towers),
+  normalised by :class:`StackedNorm`.
 * :class:`Gate`: ``G`` softmax gates over ``E`` experts and the gated mixture (MMoE, PLE).
 * :class:`CrossNet`: the DCN-V2 cross network (full rank, low rank, mixture of low-rank experts).
 * :func:`fm_bi_interaction`: the FM pairwise interaction as a vector ``½((Σv)² − Σv²)``.
@@ -29,6 +30,9 @@ from torch import Tensor, nn
 __all__ = [
     "Activation",
     "activation",
+    "Norm",
+    "norm_layer",
+    "StackedNorm",
     "domain_select",
     "MLP",
     "ParallelMLP",
@@ -41,11 +45,26 @@ __all__ = [
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
 
+#: Normalisation of every hidden layer of an MLP block (backbones, experts, towers, auxiliary
+#: nets): ``none``, ``layernorm`` or ``batchnorm``. One option, one default (``none``) for all models.
+Norm = Literal["none", "layernorm", "batchnorm"]
+
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``prelu``)."""
     kinds = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}
     return kinds[name]()
+
+
+def norm_layer(kind: Norm, dim: int) -> nn.Module:
+    """A fresh normalisation of ``dim`` features by :data:`Norm` kind (``none`` = ``nn.Identity``)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim)
+    if kind == "batchnorm":
+        return nn.BatchNorm1d(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be none, layernorm or batchnorm, got {kind!r}")
 
 
 def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -97,9 +116,10 @@ class MLP(nn.Sequential):
 
     Args:
         in_dim: input width.
-        hidden: hidden widths; each is Linear -> (BatchNorm | LayerNorm) -> activation -> (Dropout).
-        out_dim: optional final Linear without activation (e.g. 1 for a tower's logit).
-        dropout, act, batch_norm, layer_norm: per hidden layer.
+        hidden: hidden widths; each is Linear -> norm -> activation -> (Dropout).
+        out_dim: optional final Linear without norm or activation (e.g. 1 for a tower's logit).
+        dropout, act: per hidden layer.
+        norm: ``none``, ``layernorm`` or ``batchnorm`` after each hidden Linear (:data:`Norm`).
 
     Example::
 
@@ -115,17 +135,14 @@ class MLP(nn.Sequential):
         out_dim: int | None = None,
         dropout: float = 0.0,
         act: str = "relu",
-        batch_norm: bool = False,
-        layer_norm: bool = False,
+        norm: Norm = "none",
     ) -> None:
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
             layers.append(nn.Linear(d, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            if layer_norm:
-                layers.append(nn.LayerNorm(h))
+            if norm != "none":
+                layers.append(norm_layer(norm, h))
             layers.append(activation(act))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -136,23 +153,58 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.in_dim = in_dim
         self.out_dim = d
+        self.norm = norm
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D401 - same as Sequential
         return super().forward(x)
 
 
+class StackedNorm(nn.Module):
+    """The normalisation of ``K`` independent MLP layers at once: ``[B, K, dim] -> [B, K, dim]``.
+
+    * ``layernorm``: each ``[dim]`` vector is normalised over its features, then MLP ``k``'s own
+      affine ``γ_k, β_k`` is applied (as ``K`` separate ``nn.LayerNorm(dim)``).
+    * ``batchnorm``: each of the ``K·dim`` units is normalised over the batch with its own running
+      statistics and affine (as ``K`` separate ``nn.BatchNorm1d(dim)``).
+
+    Example::
+
+        >>> import torch
+        >>> StackedNorm(3, 4, "layernorm")(torch.randn(2, 3, 4)).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def __init__(self, num: int, dim: int, kind: Norm) -> None:
+        super().__init__()
+        if kind not in ("layernorm", "batchnorm"):
+            raise ValueError(f"StackedNorm kind must be layernorm or batchnorm, got {kind!r}")
+        self.kind, self.num, self.dim = kind, num, dim
+        if kind == "layernorm":
+            self.weight = nn.Parameter(torch.ones(num, dim))
+            self.bias = nn.Parameter(torch.zeros(num, dim))
+        else:
+            self.bn = nn.BatchNorm1d(num * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (self.dim,)) * self.weight + self.bias
+        return self.bn(x.reshape(x.shape[0], self.num * self.dim)).view_as(x)
+
+
 class ParallelMLP(nn.Module):
     """``K`` independent MLPs of one shape, evaluated in one batched op: experts or task towers.
 
-    MLP ``k`` computes ``a_{l+1} = act(a_l W_l[k] + b_l[k])`` for each hidden layer and, with
-    ``out_dim``, a last affine layer without activation. Weights are stacked ``[K, in, out]``.
+    MLP ``k`` computes ``a_{l+1} = act(norm_k(a_l W_l[k] + b_l[k]))`` for each hidden layer and,
+    with ``out_dim``, a last affine layer without norm or activation. Weights are stacked
+    ``[K, in, out]``; the norm of the ``K`` MLPs is one :class:`StackedNorm` per layer.
 
     Args:
         in_dim: input width.
-        hidden: hidden widths (each followed by the activation and optional dropout).
+        hidden: hidden widths (each followed by the norm, the activation and optional dropout).
         num: ``K``, the number of MLPs.
         out_dim: optional final affine layer (1 for towers that output a logit).
         dropout, act: per hidden layer.
+        norm: ``none``, ``layernorm`` or ``batchnorm`` after each hidden affine layer (:data:`Norm`).
 
     Shapes:
         ``x``: ``[B, in_dim]`` (the same input for every MLP) or ``[B, K, in_dim]`` (one input
@@ -177,6 +229,7 @@ class ParallelMLP(nn.Module):
         out_dim: int | None = None,
         dropout: float = 0.0,
         act: str = "relu",
+        norm: Norm = "none",
     ) -> None:
         super().__init__()
         dims = [in_dim, *hidden] + ([out_dim] if out_dim is not None else [])
@@ -187,6 +240,8 @@ class ParallelMLP(nn.Module):
         self.weights = nn.ParameterList([nn.Parameter(torch.empty(num, a, b)) for a, b in zip(dims[:-1], dims[1:])])
         self.biases = nn.ParameterList([nn.Parameter(torch.empty(num, b)) for b in dims[1:]])
         self.acts = nn.ModuleList([activation(act) for _ in hidden])
+        self.norm = norm
+        self.norms = nn.ModuleList([StackedNorm(num, h, norm) for h in hidden] if norm != "none" else [])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for w, b in zip(self.weights, self.biases):
             _linear_init_(w, b, w.shape[1])
@@ -199,6 +254,8 @@ class ParallelMLP(nn.Module):
             else:  # per-MLP input [B, K, in]: one batched GEMM over K
                 x = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w).transpose(0, 1)
             if i < self.num_hidden:
+                if self.norm != "none":
+                    x = self.norms[i](x)
                 x = self.dropout(self.acts[i](x))
         if x.dim() == 2:  # no layers at all: identity, broadcast to every MLP
             x = x.unsqueeze(1).expand(-1, self.num, -1)

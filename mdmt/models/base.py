@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 from torch import Tensor, nn
 
 from ..batch import Batch
-from ..embeddings import EmbeddingCollection
+from ..embeddings import EmbeddingCollection, EmbeddingConfig
 from ..featuremap import FeatureMap
 from ..schema import ConfigError, DatasetSpec, StrictModel, parse_config
 
@@ -122,8 +122,20 @@ def build_model(
     feature_map: FeatureMap,
     params: dict[str, Any] | None = None,
     embedding_init_std: float = 0.01,
+    embedding: EmbeddingConfig | dict[str, Any] | None = None,
 ) -> MDMTModel:
-    """Build a registered model with fresh embeddings. Never shares modules across calls."""
+    """Build a registered model with fresh embeddings. Never shares modules across calls.
+
+    Args:
+        name: registered model name.
+        spec, feature_map: the schema and its fitted feature map.
+        params: the model's params (validated by its config class; unknown keys raise).
+        embedding_init_std: std of the embedding initialisation.
+        embedding: the embedding settings (``model.embedding``: dim, domain input, id dropout),
+            an :class:`~mdmt.embeddings.EmbeddingConfig` or its mapping; None = the defaults.
+    """
     cfg = model_config(name, params)
-    emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std)
+    if not isinstance(embedding, EmbeddingConfig):
+        embedding = parse_config(embedding or {}, EmbeddingConfig, "model.embedding")
+    emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std, cfg=embedding)
     return REGISTRY[name].cls(spec, emb, cfg)

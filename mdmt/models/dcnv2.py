@@ -25,7 +25,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
+from ..layers import Activation, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import DCNv2Backbone
 from .base import MDMTModel, ModelOutput, register
@@ -44,6 +44,7 @@ class DCNv2Config(StrictModel):
         deep_hidden: widths of the deep MLP.
         tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     cross_layers: PositiveInt = 3
@@ -54,6 +55,7 @@ class DCNv2Config(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
     @model_validator(mode="after")
     def _check(self) -> "DCNv2Config":
@@ -78,9 +80,9 @@ class DCNv2(MDMTModel):
         self.cfg = cfg
         self.body = DCNv2Backbone(
             embeddings.input_dim, cfg.deep_hidden, cfg.cross_layers, cfg.low_rank, cfg.cross_experts,
-            cfg.structure, cfg.dropout, cfg.act,
+            cfg.structure, cfg.dropout, cfg.act, cfg.norm,
         )
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         x0 = self.embeddings.flat_input(batch)  # x_0: [B, d]

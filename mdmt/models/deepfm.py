@@ -34,7 +34,7 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, ParallelMLP, fm_bi_interaction
+from ..layers import MLP, Activation, Norm, ParallelMLP, fm_bi_interaction
 from ..schema import DatasetSpec, StrictModel
 from .backbones import field_dim
 from .base import MDMTModel, ModelOutput, register
@@ -49,12 +49,14 @@ class DeepFMConfig(StrictModel):
         dnn_hidden: widths of the shared DNN bottom.
         tower_hidden: hidden widths of each task's DNN head (a final Linear -> 1 follows).
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     dnn_hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("deepfm", paper="Guo et al., IJCAI 2017")
@@ -73,12 +75,13 @@ class DeepFM(MDMTModel):
         self.cfg = cfg
         field_dim(embeddings, "deepfm")  # FM needs one embedding dim: fail at build time, clearly
         self.linear = nn.Linear(embeddings.input_dim, 1)  # <w, x> + w_0
-        self.dnn = MLP(embeddings.input_dim, cfg.dnn_hidden, dropout=cfg.dropout, act=cfg.act)
-        self.towers = ParallelMLP(self.dnn.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.dnn = MLP(embeddings.input_dim, cfg.dnn_hidden, dropout=cfg.dropout, act=cfg.act, norm=cfg.norm)
+        self.towers = ParallelMLP(self.dnn.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = self.embeddings.flat_input(batch)  # [B, input_dim]
-        v = self.embeddings.stacked(batch)  # [B, F, d]
+        e = self.embeddings.pooled(batch)  # one lookup for both views
+        x = self.embeddings.flat_input(batch, pooled=e)  # [B, input_dim]
+        v = self.embeddings.stacked(batch, pooled=e)  # [B, F, d]
         y_first = self.linear(x)  # first order <w, x> + w_0: [B, 1]
         y_pair = fm_bi_interaction(v).sum(-1, keepdim=True)  # Σ_{i<j} <v_i, v_j>: [B, 1]
         y_dnn = self.towers(self.dnn(x))[..., 0]  # shared DNN bottom, per-task heads: [B, T]

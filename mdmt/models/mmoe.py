@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Gate, ParallelMLP
+from ..layers import Activation, Gate, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
@@ -40,6 +40,7 @@ class MMoEConfig(StrictModel):
         expert_hidden: widths of each expert MLP (its output is the last width).
         tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
         dropout, act: of the expert and tower hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     backbone: BackboneKind = "none"
@@ -49,6 +50,7 @@ class MMoEConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("mmoe", paper="Ma et al., KDD 2018")
@@ -65,11 +67,11 @@ class MMoE(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: MMoEConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
         d = self.backbone.out_dim
-        self.experts = ParallelMLP(d, cfg.expert_hidden, cfg.num_experts, dropout=cfg.dropout, act=cfg.act)
+        self.experts = ParallelMLP(d, cfg.expert_hidden, cfg.num_experts, dropout=cfg.dropout, act=cfg.act, norm=cfg.norm)
         self.gates = Gate(d, cfg.num_experts, num_gates=self.num_tasks)
-        self.towers = ParallelMLP(self.experts.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.towers = ParallelMLP(self.experts.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         x = self.backbone.embed(batch, self.embeddings)  # [B, H]

@@ -19,7 +19,7 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
+from ..layers import Activation, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
@@ -35,6 +35,7 @@ class SharedBottomConfig(StrictModel):
         backbone_params: its settings (default: one hidden layer of 64).
         tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
         dropout, act: of the tower hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     backbone: BackboneKind = "mlp"
@@ -42,6 +43,7 @@ class SharedBottomConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("sharedbottom", paper="Caruana, Machine Learning 1997 (multi-task shared bottom)")
@@ -57,8 +59,8 @@ class SharedBottom(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: SharedBottomConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        self.towers = ParallelMLP(self.backbone.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.towers = ParallelMLP(self.backbone.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         h = self.backbone.embed(batch, self.embeddings)  # shared bottom: [B, H]

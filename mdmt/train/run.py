@@ -199,7 +199,7 @@ def run_experiment(
                 unit.skipped = True
                 continue
             model = build_model(cfg.model.name, unit_spec, fm, cfg.model.params,
-                                embedding_init_std=cfg.train.embedding_init_std)
+                                embedding_init_std=cfg.train.embedding_init_std, embedding=cfg.model.embedding)
             trainer = Trainer(model, cfg.train, _score_fn(cfg.train.monitor, va, spec, task_names),
                               run_dir=run_dir, tag=unit.tag, task_weights=[t.weight for t in unit_spec.tasks])
             progress.start_unit(unit.tag, steps=None)
@@ -283,7 +283,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         spec = fm.spec
         if unit.tasks is not None:
             spec = spec.restrict(tasks=[spec.task_names[t] for t in unit.tasks])
-        model = build_model(cfg.model.name, spec, fm, cfg.model.params)
+        model = build_model(cfg.model.name, spec, fm, cfg.model.params, embedding=cfg.model.embedding)
         path = run_dir / "checkpoints" / f"{unit.tag}-best.pt"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the run did not finish training unit {unit.tag}")
