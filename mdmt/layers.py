@@ -247,6 +247,8 @@ class ParallelMLP(nn.Module):
             _linear_init_(w, b, w.shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3 and x.shape[1] == self.num and x.stride(1) == 0 and self.weights:
+            x = x[:, 0]  # one input expanded to every MLP (a view): run it as a shared input
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             K, din, dout = w.shape
             if x.dim() == 2:  # shared input [B, in]: one GEMM against [in, K*out]

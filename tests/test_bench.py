@@ -212,7 +212,7 @@ def test_model_defaults_and_embedding_apply_to_every_row_unless_the_entry_sets_t
         if exp is mlp:
             assert sum(isinstance(m, kind) for m in model.modules()) == 2  # both hidden layers
         else:
-            assert model.experts.norm == exp.model.params["norm"] and model.towers.norm == exp.model.params["norm"]
+            assert model.block.experts.norm == exp.model.params["norm"] == model.head.first_layer.norm
     # the "Training:" line of the report says what every row got and who differs
     md = markdown_report(cfg, summarize(_records(), baseline="Base"))
     line = next(x for x in md.splitlines() if x.startswith("Training:"))

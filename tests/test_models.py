@@ -26,6 +26,7 @@ FIXTURES = [False, True]  # per_domain tables off / on
 
 # torch.manual_seed(0); build_model(name, spec, fm).eval(); sum of all logits on make_batch(spec, fm)
 GOLDEN: dict[tuple[str, bool], float] = {
+    ("compose", False): 0.8161070346832275,
     ("dcnv2", False): 2.954223394393921,
     ("deepfm", False): -0.34281373023986816,
     ("mlp", False): 1.4357340335845947,
@@ -33,6 +34,7 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("ple", False): -2.5541625022888184,
     ("sharedbottom", False): 0.8161070346832275,
     ("star", False): 4.051000595092773,
+    ("compose", True): 1.4446914196014404,
     ("dcnv2", True): -0.21339617669582367,
     ("deepfm", True): 6.0356059074401855,
     ("mlp", True): 1.0233635902404785,
@@ -222,7 +224,13 @@ def test_forward_exports_with_a_dynamic_batch(name):
     """DESIGN §7: forward is tensor ops only (no loops over rows, no .item(), no data-dependent
     branches), so it exports with a symbolic batch size and scores another batch size the same."""
     spec, fm, batch = _setup(True, size=8)
-    model = _build(name, spec, fm).eval()
+    assert_exports(_build(name, spec, fm).eval(), spec, fm, batch)
+
+
+def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: Batch) -> None:
+    """``torch.export`` of ``model`` with a dynamic batch dimension scores another batch size as
+    the eager model does."""
+
     class Scorer(nn.Module):
         def __init__(self, m: MDMTModel) -> None:
             super().__init__()
@@ -288,7 +296,7 @@ def test_dcnv2_variants(params):
 def test_ple_variants(params):
     spec, fm, batch = _setup(False, size=8)
     model = _build("ple", spec, fm, params=params)
-    assert len(model.levels) == params.get("num_levels", 2)
+    assert len(model.block.levels) == params.get("num_levels", 2)
     _loss(model, batch).backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
@@ -299,11 +307,11 @@ def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
     model = _build("mmoe", spec, fm).eval()
     with torch.no_grad():
         x = model.embeddings.flat_input(batch)
-        f = model.experts(x)  # [B, E, H]
-        w = model.gates.weights(x)  # [B, T, E]
+        f = model.block.experts(x)  # [B, E, H]
+        w = model.block.gates.weights(x)  # [B, T, E]
         E, T = f.shape[1], spec.num_tasks
         mixed = torch.stack([sum(w[:, t, e : e + 1] * f[:, e] for e in range(E)) for t in range(T)], dim=1)
-        z = model.towers(mixed)[..., 0]
+        z = model.head(mixed)
         assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
 
 

@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 # every model module registers itself on import
-from . import dcnv2, deepfm, mlp, mmoe, ple, sharedbottom, star  # noqa: F401
+from . import compose, dcnv2, deepfm, mlp, mmoe, ple, sharedbottom, star  # noqa: F401
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import REGISTRY, MDMTModel, ModelInfo, ModelOutput, OptimGroup, build_model, model_config, register
 

@@ -98,9 +98,9 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def embed(self, batch: Batch, embeddings: EmbeddingCollection) -> Tensor:
-        """Look ``batch`` up in ``embeddings`` (once) and run the backbone: ``[B, out_dim]``."""
-        pooled = embeddings.pooled(batch)
+    def embed(self, batch: Batch, embeddings: EmbeddingCollection, pooled: dict[str, Tensor] | None = None) -> Tensor:
+        """Look ``batch`` up in ``embeddings`` (once; or reuse ``pooled``) and run the backbone: ``[B, out_dim]``."""
+        pooled = embeddings.pooled(batch) if pooled is None else pooled
         fields = embeddings.stacked(batch, pooled=pooled) if self.needs_fields else None
         return self(embeddings.flat_input(batch, pooled=pooled), fields)
 

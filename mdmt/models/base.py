@@ -73,6 +73,10 @@ class MDMTModel(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def output(self, logits: Tensor, aux_loss: Tensor | None = None) -> ModelOutput:
+        """``[B, T]`` logits in schema task order -> :class:`ModelOutput` keyed by task name."""
+        return ModelOutput({name: logits[:, t] for t, name in enumerate(self.task_names)}, aux_loss)
+
     def optim_groups(self) -> list[OptimGroup]:
         """Default: every parameter in one Adam group."""
         return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
