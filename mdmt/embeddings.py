@@ -56,6 +56,8 @@ class EmbeddingConfig(StrictModel):
             OOV id (each id independently, every batch); 0 switches it off. Never in eval mode.
         id_dropout_features: the id features by name; None = the rule of :func:`id_dropout_features`.
         id_dropout_min_vocab: the rule's minimum train vocabulary size.
+        per_domain: every table holds one block of rows per domain (domain-specific embeddings
+            of every feature, as SpecificAll has); False keeps each table's own ``per_domain``.
     """
 
     dim: PositiveInt | None = None
@@ -63,6 +65,7 @@ class EmbeddingConfig(StrictModel):
     id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     id_dropout_features: list[str] | None = None
     id_dropout_min_vocab: PositiveInt = 100
+    per_domain: bool = False
 
 
 def check_embedding_config(cfg: EmbeddingConfig, spec: DatasetSpec) -> None:
@@ -135,6 +138,8 @@ class EmbeddingCollection(nn.Module):
         order = {f.name: i for i, f in enumerate(spec.features)}
         table_dims = []
         for t in spec.effective_tables():
+            if cfg.per_domain:
+                t = t.model_copy(update={"per_domain": True})
             dim = cfg.dim or t.dim
             table_dims.append(dim)
             rows = max(feature_map.vocab_size(f) for f in t.features)

@@ -62,6 +62,9 @@ class MDMTModel(nn.Module):
 
     config_class: ClassVar[type[StrictModel]]
     registry_name: ClassVar[str] = ""
+    #: embedding settings the model itself needs, over the experiment's (e.g. SpecificAll's
+    #: ``{"per_domain": True}``); applied by :func:`build_model`
+    embedding_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection) -> None:
         super().__init__()
@@ -141,5 +144,7 @@ def build_model(
     cfg = model_config(name, params)
     if not isinstance(embedding, EmbeddingConfig):
         embedding = parse_config(embedding or {}, EmbeddingConfig, "model.embedding")
+    if REGISTRY[name].cls.embedding_overrides:
+        embedding = embedding.model_copy(update=REGISTRY[name].cls.embedding_overrides)
     emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std, cfg=embedding)
     return REGISTRY[name].cls(spec, emb, cfg)
