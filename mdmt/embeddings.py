@@ -32,6 +32,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
@@ -120,6 +122,13 @@ class EmbeddingCollection(nn.Module):
         num_dense: number of dense features appended by :meth:`flat_input`.
         input_dim: width of :meth:`flat_input`.
         dropout_features: the id features of id dropout.
+        priors / domain_features: the schema's named groups (PEPNet's priors, EPNet's domain side).
+        dense_dim: width of a dense feature's projection in :meth:`features`.
+
+    Access by meaning (never by column position): :meth:`features` returns the embedding of
+    named features (dense ones through a learned projection declared with :meth:`use`);
+    :meth:`group_keys` / :meth:`group` the user-side, item-side or context keys (the schema's
+    ``source``) of shared or per-domain tables; :meth:`feature_keys` one feature's keys.
     """
 
     def __init__(
@@ -179,10 +188,103 @@ class EmbeddingCollection(nn.Module):
         for f in self.dropout_features:
             cols[feature_map.sparse.index(f)] = True
         self.register_buffer("dropout_columns", cols, persistent=False)
+        # access by meaning: each feature's source and keys, the dense columns, the named groups
+        self._source = {f.name: f.source for f in spec.features}
+        self._kind = {f.name: f.kind for f in spec.features}
+        self._dense_col = {name: i for i, name in enumerate(feature_map.dense)}
+        self.dense_dim = cfg.dim or spec.default_dim
+        self.dense_projections = nn.ModuleDict()  # created by use(), for the dense features a model names
+        self.priors = list(spec.priors)
+        self.domain_features = list(spec.domain_features)
 
     def table(self, name: str) -> nn.Embedding:
         """The ``nn.Embedding`` of table ``name`` (per-domain tables: ``D`` blocks of rows)."""
         return self.tables[_module_key(name)]
+
+    # ---- access by meaning ------------------------------------------------------------------
+    def feature_keys(self, name: str) -> list[str]:
+        """The lookup keys of feature ``name``, one per table it sits in (e.g. its shared and its
+        per-domain table: ``e^g`` then ``e^d``); ``[]`` for a dense (not bucketised) feature."""
+        if name not in self._source:
+            raise KeyError(f"no feature named {name!r}; features: {sorted(self._source)}")
+        return [k for k, f, *_ in self._lookups if f == name]
+
+    def group_keys(
+        self,
+        source: Literal["user", "item", "context"] | None = None,
+        per_domain: bool | None = None,
+        kind: Literal["sparse", "sequence"] | None = None,
+    ) -> list[str]:
+        """Keys of the features of one side (the schema's ``source``), of shared (``per_domain=False``)
+        or per-domain (``True``) tables, and of one kind; None leaves that criterion out.
+
+        PMTA's ``e_u^g`` is ``group_keys("user", per_domain=False)``, ``e_v^d`` is
+        ``group_keys("item", per_domain=True)``. Order: the keys' order in :attr:`keys`.
+        """
+        return [
+            k for k, f, t, kd, _ in self._lookups
+            if (source is None or self._source[f] == source)
+            and (per_domain is None or self._per_domain[t] == per_domain)
+            and (kind is None or kd == kind)
+        ]
+
+    def use(self, names: list[str]) -> int:
+        """Declare that a model reads ``names`` with :meth:`features`; returns that call's width.
+
+        A dense feature (a normalised number, not bucketised) gets its learned projection here,
+        ``e_f = x_f · w_f + b_f`` with ``w_f, b_f`` of width :attr:`dense_dim`, so only models that
+        read it have the parameters. Call it in the model's constructor.
+        """
+        width = 0
+        for name in names:
+            keys = self.feature_keys(name)
+            if keys:
+                width += sum(self.dims[k] for k in keys)
+                continue
+            if name not in self._dense_col:
+                raise KeyError(f"feature {name!r} has no embedding table and is not a dense feature")
+            if _module_key(name) not in self.dense_projections:
+                proj = nn.Linear(1, self.dense_dim)
+                nn.init.normal_(proj.weight, std=0.01)
+                nn.init.zeros_(proj.bias)
+                self.dense_projections[_module_key(name)] = proj
+            width += self.dense_dim
+        return width
+
+    def features(self, batch: Batch, names: list[str], pooled: dict[str, Tensor] | None = None) -> Tensor:
+        """The embeddings of the named features, concatenated in the given order: ``[B, use(names)]``.
+
+        A feature in several tables gives all its keys (:meth:`feature_keys`); a sequence its
+        mean-pooled embedding; a dense feature its learned projection (declare it first with
+        :meth:`use`). Pass ``pooled`` to reuse one lookup.
+        """
+        pooled = self.pooled(batch) if pooled is None else pooled
+        parts: list[Tensor] = []
+        for name in names:
+            keys = self.feature_keys(name)
+            if keys:
+                parts.extend(pooled[k] for k in keys)
+                continue
+            key = _module_key(name)
+            if key not in self.dense_projections:
+                raise KeyError(f"dense feature {name!r} has no projection: call use([{name!r}]) in the model's constructor")
+            col = self._dense_col[name]
+            parts.append(self.dense_projections[key](batch.dense[:, col : col + 1]))  # x_f · w_f + b_f
+        return torch.cat(parts, dim=-1)
+
+    def group(
+        self,
+        batch: Batch,
+        source: Literal["user", "item", "context"] | None = None,
+        per_domain: bool | None = None,
+        pooled: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """The concatenated embeddings of :meth:`group_keys` (sequences mean-pooled): ``[B, Σ dims]``."""
+        keys = self.group_keys(source, per_domain)
+        if not keys:
+            raise ValueError(f"no embedding of source={source!r}, per_domain={per_domain!r} in {self.keys}")
+        pooled = self.pooled(batch) if pooled is None else pooled
+        return torch.cat([pooled[k] for k in keys], dim=-1)
 
     def drop_ids(self, sparse: Tensor) -> Tensor:
         """Id dropout: each id of an id feature becomes OOV with probability ``id_dropout``.

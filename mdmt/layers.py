@@ -16,6 +16,8 @@ Contents:
 * :func:`fm_bi_interaction`: the FM pairwise interaction as a vector ``½((Σv)² − Σv²)``.
 * :class:`PartitionedNorm` and :class:`StarLinear`: STAR's per-domain normalisation and
   star-topology linear layer, both routed through :func:`domain_select`.
+* :func:`stop_gradient` and :func:`tap`: a paper's ⊘ (stop-gradient) and a named activation,
+  so tests can check gradient paths (:mod:`mdmt.testing`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ __all__ = [
     "fm_bi_interaction",
     "PartitionedNorm",
     "StarLinear",
+    "stop_gradient",
+    "tap",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -499,3 +503,40 @@ class StarLinear(nn.Module):
         w, b = self.domain_weights()
         y = torch.einsum("bi,dio->dbo", x, w) + b.unsqueeze(1)  # every domain's output: [D, B, out]
         return domain_select(y, domain, rows=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient paths: stop-gradient and named activations
+# ---------------------------------------------------------------------------------------------
+#: Recorders of named activations, pushed by :func:`mdmt.testing.record_activations` (tests only).
+_RECORDERS: list[dict[str, Tensor]] = []
+
+
+def tap(x: Tensor, name: str) -> Tensor:
+    """Identity that names the activation ``x``: under :func:`mdmt.testing.record_activations`
+    it is recorded as ``name`` (with its autograd graph), so a test can ask which gradients
+    reach it. Outside a recording it does nothing (and traces to nothing).
+
+    Example::
+
+        >>> import torch
+        >>> tap(torch.ones(2), "E").tolist()
+        [1.0, 1.0]
+    """
+    if _RECORDERS:
+        _RECORDERS[-1][name] = x
+    return x
+
+
+def stop_gradient(x: Tensor, name: str | None = None) -> Tensor:
+    """A paper's ⊘: ``x`` in the forward pass, no gradient into ``x`` in the backward pass.
+
+    With ``name``, the input is tapped as ``name`` (before the cut) and the output as
+    ``name + "/stopped"``, so :func:`mdmt.testing.assert_stop_gradient` can check the path.
+    """
+    if name is not None:
+        tap(x, name)
+    out = x.detach()
+    if name is not None:
+        tap(out, name + "/stopped")
+    return out

@@ -164,3 +164,51 @@ def test_embedding_size_from_the_command_line(tmp_path):
     cfg = load_experiment(p, _overrides(["model.embedding.dim=32", "model.embedding.id_dropout=0"]))
     assert cfg.model.embedding.dim == 32 and cfg.model.embedding.id_dropout == 0.0
     assert cfg.model.embedding.domain_input is True  # the other fields keep their defaults
+
+
+# ---------------------------------------------------------------------------------------------
+# Access by meaning
+# ---------------------------------------------------------------------------------------------
+def test_groups_by_source_and_per_domain_tables():
+    spec, fm = make_tiny(per_domain=True)  # user_id in a shared and a per-domain table
+    emb = EmbeddingCollection(spec, fm)
+    assert emb.group_keys("user", per_domain=False) == ["user_id@user_shared", "age@age"]  # e_u^g
+    assert emb.group_keys("user", per_domain=True) == ["user_id@user_domain"]  # e_u^d
+    assert emb.group_keys("item") == ["item_id@item_id", "category@category"]
+    assert emb.group_keys("context", kind="sequence") == ["hist_item@item_id"]
+    assert emb.feature_keys("user_id") == ["user_id@user_shared", "user_id@user_domain"]
+    assert emb.feature_keys("price") == []
+    batch = make_batch(spec, fm, size=5)
+    pooled = emb.pooled(batch)
+    e_u_d = emb.group(batch, "user", per_domain=True, pooled=pooled)
+    rows = emb._rows["user_domain"]
+    ids = batch.sparse[:, fm.sparse_index("user_id")]
+    assert torch.equal(e_u_d, emb.table("user_domain").weight[batch.domain * rows + ids])  # routed by domain
+    item = emb.group(batch, "item", pooled=pooled)
+    assert torch.equal(item, torch.cat([pooled["item_id@item_id"], pooled["category@category"]], -1))
+    with pytest.raises(ValueError, match="no embedding"):
+        emb.group(batch, "item", per_domain=True)
+
+
+def test_named_features_with_a_learned_dense_projection():
+    spec, fm = make_tiny(per_domain=True)
+    emb = EmbeddingCollection(spec, fm)
+    assert len(emb.dense_projections) == 0  # no parameters until a model names a dense feature
+    names = ["item_id", "price", "user_id", "hist_item"]
+    width = emb.use(names)
+    assert width == 8 + emb.dense_dim + 16 + 8 and len(emb.dense_projections) == 1
+    batch = make_batch(spec, fm, size=4)
+    out = emb.features(batch, names)
+    assert out.shape == (4, width)
+    pooled = emb.pooled(batch)
+    proj = next(iter(emb.dense_projections.values()))
+    price = batch.dense[:, fm.dense.index("price")].unsqueeze(1) * proj.weight[:, 0] + proj.bias  # x_f · w_f + b_f
+    expect = torch.cat([pooled["item_id@item_id"], price, pooled["user_id@user_shared"], pooled["user_id@user_domain"],
+                        pooled["hist_item@item_id"]], -1)
+    assert torch.allclose(out, expect, atol=1e-6)
+    out.sum().backward()
+    assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0  # the projection learns
+    with pytest.raises(KeyError, match="use"):
+        EmbeddingCollection(spec, fm).features(batch, ["price"])
+    with pytest.raises(KeyError, match="no feature named 'nope'"):
+        emb.use(["nope"])
