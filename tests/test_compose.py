@@ -153,3 +153,21 @@ def test_backbone_block_head_by_hand():
         expect = model.head(z)
         got = torch.stack([model(batch).logits[t] for t in spec.task_names], 1)
     assert torch.allclose(got, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "batchnorm"])
+@pytest.mark.parametrize("block", BLOCKS)
+def test_one_norm_reaches_every_mlp_of_a_composition(norm, block):
+    spec, fm, batch = _setup(False, size=8)
+    torch.manual_seed(0)
+    model = build_model("compose", spec, fm, {**SMALL, "backbone": "mlp", "block": block, "norm": norm})
+    kind = torch.nn.LayerNorm if norm == "layernorm" else torch.nn.BatchNorm1d
+    assert sum(isinstance(m, kind) for m in model.backbone.modules()) == 1  # the backbone's hidden layer
+    stacked = [m for m in model.modules() if type(m).__name__ == "StackedNorm"]
+    assert stacked and all(m.kind == norm for m in stacked)  # experts and towers
+    assert len([m for m in model.head.modules() if type(m).__name__ == "StackedNorm"]) == 2  # towers [8, 4]
+    model.train()
+    _loss(model, batch).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert_exports(model.eval(), spec, fm, batch)
