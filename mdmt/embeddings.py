@@ -190,7 +190,6 @@ class EmbeddingCollection(nn.Module):
         self.register_buffer("dropout_columns", cols, persistent=False)
         # access by meaning: each feature's source and keys, the dense columns, the named groups
         self._source = {f.name: f.source for f in spec.features}
-        self._kind = {f.name: f.kind for f in spec.features}
         self._dense_col = {name: i for i, name in enumerate(feature_map.dense)}
         self.dense_dim = cfg.dim or spec.default_dim
         self.dense_projections = nn.ModuleDict()  # created by use(), for the dense features a model names
