@@ -65,9 +65,15 @@ def test_plain_head_is_one_tower_per_task():
         a = torch.relu(c1 @ r.weights[0][t] + r.biases[0][t])
         assert torch.allclose(head.first(x)[:, t], c1, atol=1e-6)
         assert torch.allclose(out[:, t], (a @ r.weights[1][t] + r.biases[1][t])[:, 0], atol=1e-6)
-    # one input expanded to every tower (the shared block's view) gives the same as a copy
+    # one input for every tower: as [B, d] (shared_input), expanded, or copied, the same logits
     h = torch.randn(4, 5, generator=_g(1))
-    assert torch.allclose(head(h.unsqueeze(1).expand(-1, 3, -1)), head(h.unsqueeze(1).repeat(1, 3, 1)), atol=1e-6)
+    assert head.shared_input
+    copied = head(h.unsqueeze(1).repeat(1, 3, 1))
+    assert torch.allclose(head(h.unsqueeze(1).expand(-1, 3, -1)), copied, atol=1e-6)
+    assert torch.allclose(head(h), copied, atol=1e-6)
+    towers, domain = build_head("plain", 5, 2 * 3, TowerConfig(hidden=[4])), torch.tensor([0, 1, 1, 0])
+    expanded = domain_task_logits(towers, h.unsqueeze(1).expand(-1, 3, -1), domain, 2)
+    assert torch.allclose(domain_task_logits(towers, h, domain, 2), expanded, atol=1e-6)
 
 
 def test_domain_task_logits_pick_each_rows_domain_towers():

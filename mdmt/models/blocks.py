@@ -74,13 +74,20 @@ class Block(nn.Module):
 
 
 class SharedBlock(Block):
-    """SharedBottom's sharing: every task reads the backbone's ``x`` itself. ``[B, H] -> [B, T, H]``."""
+    """SharedBottom's sharing: every task reads the backbone's ``x`` itself. ``[B, H] -> [B, T, H]``.
 
-    def __init__(self, in_dim: int, num_tasks: int) -> None:
+    With ``expand=False`` it hands ``x`` ``[B, H]`` on unchanged, for a head that reads one
+    representation for every task (``Head.shared_input``): the same logits, without a
+    ``[B, T, H]`` gradient in the backward pass.
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int, expand: bool = True) -> None:
         super().__init__()
-        self.out_dim, self.num_tasks = in_dim, num_tasks
+        self.out_dim, self.num_tasks, self.expand = in_dim, num_tasks, expand
 
     def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        if not self.expand:
+            return x  # [B, H]: every task's representation
         return x.unsqueeze(1).expand(-1, self.num_tasks, -1)  # a view: no copy
 
 
@@ -193,12 +200,15 @@ class PLEBlock(Block):
 
 def build_block(
     kind: BlockKind, in_dim: int, num_tasks: int, cfg: BlockConfig | None = None, dropout: float = 0.0,
-    act: Activation = "relu", norm: Norm = "none",
+    act: Activation = "relu", norm: Norm = "none", expand: bool = True,
 ) -> Block:
-    """Build block ``kind`` over ``[B, in_dim]`` for ``num_tasks`` tasks; the result has ``.out_dim``."""
+    """Build block ``kind`` over ``[B, in_dim]`` for ``num_tasks`` tasks; the result has ``.out_dim``.
+
+    ``expand=False``: the ``shared`` block hands on ``[B, in_dim]`` (for a head with ``shared_input``).
+    """
     cfg = cfg or BlockConfig()
     if kind == "shared":
-        return SharedBlock(in_dim, num_tasks)
+        return SharedBlock(in_dim, num_tasks, expand)
     if kind == "mmoe":
         return MMoEBlock(in_dim, num_tasks, cfg.num_experts, cfg.expert_hidden, dropout, act, norm)
     if kind == "ple":

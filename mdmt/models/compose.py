@@ -32,7 +32,7 @@ from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import BlockConfig, BlockKind, build_block
-from .heads import TowerConfig, build_head, head_config
+from .heads import TowerConfig, build_head, head_config, reads_shared_input
 
 __all__ = ["HeadedConfig", "CompositionConfig", "ComposeConfig", "Composed"]
 
@@ -104,7 +104,7 @@ class Composed(MDMTModel):
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
         self.block = build_block(cfg.block, self.backbone.out_dim, self.num_tasks, cfg.block_params,
-                                 cfg.dropout, cfg.act, cfg.norm)
+                                 cfg.dropout, cfg.act, cfg.norm, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -33,7 +33,7 @@ from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import HeadedConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["DCNv2Config", "DCNv2"]
 
@@ -84,11 +84,11 @@ class DCNv2(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         self.backbone = build_backbone("dcnv2", embeddings, cfg.backbone(), cfg.norm)
-        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.embeddings.pooled(batch)
         h = self.backbone.embed(batch, self.embeddings, pooled)  # cross layers on x_0 and deep MLP: [B, H]
-        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
         return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # per-task towers

@@ -43,7 +43,7 @@ from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import HeadedConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["DeepFMConfig", "DeepFM"]
 
@@ -77,7 +77,7 @@ class DeepFM(MDMTModel):
         deep = BackboneConfig(hidden=cfg.dnn_hidden, dropout=cfg.dropout, act=cfg.act)
         self.backbone = build_backbone("deepfm", embeddings, deep, cfg.norm)  # DNN ⊕ FM vector
         self.deep_dim = self.backbone.deep.out_dim
-        self.block = SharedBlock(self.deep_dim, self.num_tasks)
+        self.block = SharedBlock(self.deep_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.deep_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -87,6 +87,6 @@ class DeepFM(MDMTModel):
         h = self.backbone(x, v)  # shared DNN bottom a^(L) ⊕ ½((Σ v_i)² − Σ v_i²): [B, H + d]
         y_first = self.linear(x)  # first order <w, x> + w_0: [B, 1]
         y_pair = h[:, self.deep_dim :].sum(-1, keepdim=True)  # Σ_{i<j} <v_i, v_j>: [B, 1]
-        z = self.block(h[:, : self.deep_dim], batch.domain)  # every task's DNN head reads a^(L): [B, T, H]
+        z = self.block(h[:, : self.deep_dim], batch.domain)  # every task's DNN head reads a^(L): [B, T, H] ([B, H] for a shared_input head)
         y_dnn = self.head(z, self.head.gate_input(self.embeddings, batch, e))  # per-task DNN heads: [B, T]
         return self.output(y_first + y_pair + y_dnn)  # logit_t = y_FM + y_DNN_t

@@ -9,6 +9,10 @@ keeps one contract, so a model composes any of them:
 * ``rest(c1, gate_input) -> logits [B, T]``: the remaining layers, so that
   ``forward(x, g) == rest(first(x, g), g)``.
 
+A head with ``shared_input = True`` also accepts ``x`` ``[B, d]``: one representation read by
+every task (what the ``shared`` block hands it). That is the same as the expanded ``[B, T, d]``
+but skips a ``[B, T, d]`` gradient in the backward pass.
+
 ``gate_input`` is for heads whose towers are gated by an extra input (PPNet); a head that wants
 one says so with :meth:`Head.gate_dim` and builds it with :meth:`Head.gate_input`, so a model
 never checks which head it holds. Plain towers take none.
@@ -52,6 +56,7 @@ __all__ = [
     "HEADS",
     "register_head",
     "head_config",
+    "reads_shared_input",
     "build_head",
     "domain_task_logits",
 ]
@@ -88,6 +93,8 @@ class Head(nn.Module):
 
     config_class: ClassVar[type[StrictModel]] = NoParams
     registry_name: ClassVar[str] = ""
+    #: the head also accepts ``x`` ``[B, d]``, one representation for every task
+    shared_input: ClassVar[bool] = False
 
     def __init__(self, in_dim: int, num_tasks: int, towers: TowerConfig, cfg: StrictModel, gate_dim: int = 0) -> None:
         super().__init__()
@@ -140,6 +147,11 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     return deco
 
 
+def reads_shared_input(kind: str) -> bool:
+    """Whether head ``kind`` accepts one ``[B, d]`` representation for every task (``shared_input``)."""
+    return kind in HEADS and HEADS[kind].cls.shared_input
+
+
 def head_config(kind: str, params: dict[str, Any] | None = None) -> StrictModel:
     """Validate ``params`` against head ``kind``'s config (unknown keys raise, naming ``head_params``)."""
     if kind not in HEADS:
@@ -177,6 +189,8 @@ class PlainHead(Head):
     ``[B, T, hidden[0]]`` -> logits ``[B, T]``.
     """
 
+    shared_input: ClassVar[bool] = True
+
     def __init__(self, in_dim: int, num_tasks: int, towers: TowerConfig, cfg: StrictModel, gate_dim: int = 0) -> None:
         super().__init__(in_dim, num_tasks, towers, cfg, gate_dim)
         t = towers
@@ -199,8 +213,10 @@ def domain_task_logits(head: Head, x: Tensor, domain: Tensor, num_domains: int, 
     All ``D`` tower sets run on every row (one batched op) and
     :func:`~mdmt.layers.domain_select` picks the row's domain, so ``forward`` stays tensor-only.
 
-    Shapes: ``x`` ``[B, T, d]``, ``domain`` ``[B]`` -> ``[B, T]``.
+    Shapes: ``x`` ``[B, T, d]`` (or ``[B, d]`` for a head with ``shared_input``), ``domain``
+    ``[B]`` -> ``[B, T]``.
     """
-    B, T, _ = x.shape
-    z = head(x.repeat(1, num_domains, 1), gate_input)  # [B, D·T]: every domain's towers
+    every = x if x.dim() == 2 else x.repeat(1, num_domains, 1)  # task t's input for tower p·T + t
+    z = head(every, gate_input)  # [B, D·T]: every domain's towers
+    B, T = z.shape[0], z.shape[1] // num_domains
     return domain_select(z.view(B, num_domains, T).transpose(0, 1), domain, rows=True)  # [B, T]

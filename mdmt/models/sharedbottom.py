@@ -24,7 +24,7 @@ from .backbones import BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import CompositionConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["SharedBottomConfig", "SharedBottom"]
 
@@ -54,11 +54,11 @@ class SharedBottom(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
-        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.embeddings.pooled(batch)
         h = self.backbone.embed(batch, self.embeddings, pooled)  # shared bottom: [B, H]
-        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
         return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # towers: [B, T]

@@ -34,7 +34,7 @@ from ..schema import DatasetSpec
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import HeadedConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["SharedTopConfig", "SharedTop"]
 
@@ -66,7 +66,7 @@ class SharedTop(MDMTModel):
         self.cfg = cfg
         self.bottoms = ParallelMLP(embeddings.input_dim, cfg.bottom_hidden, self.num_domains, dropout=cfg.dropout,
                                    act=cfg.act, norm=cfg.norm)
-        self.block = SharedBlock(self.bottoms.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.bottoms.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -74,5 +74,5 @@ class SharedTop(MDMTModel):
         x = self.embeddings.flat_input(batch, pooled=pooled)  # shared embedding layer: [B, input_dim]
         every = self.bottoms(x)  # Bottom_p(x) for every domain p: [B, D, H]
         h = domain_select(every.transpose(0, 1), batch.domain, rows=True)  # the row's domain: [B, H]
-        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
         return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # shared towers

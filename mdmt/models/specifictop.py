@@ -30,7 +30,7 @@ from .backbones import BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import CompositionConfig
-from .heads import build_head, domain_task_logits
+from .heads import build_head, domain_task_logits, reads_shared_input
 
 __all__ = ["SpecificTopConfig", "SpecificTop"]
 
@@ -61,13 +61,13 @@ class SpecificTop(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
-        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         D, T = self.num_domains, self.num_tasks
         self.head = build_head(cfg.head, self.block.out_dim, D * T, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.embeddings.pooled(batch)
         h = self.backbone.embed(batch, self.embeddings, pooled)  # shared bottom H(x): [B, H]
-        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
         gate = self.head.gate_input(self.embeddings, batch, pooled)
         return self.output(domain_task_logits(self.head, z, batch.domain, self.num_domains, gate))  # tower_{p,t}(h)
