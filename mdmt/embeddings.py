@@ -123,6 +123,7 @@ class EmbeddingCollection(nn.Module):
         input_dim: width of :meth:`flat_input`.
         dropout_features: the id features of id dropout.
         priors / domain_features: the schema's named groups (PEPNet's priors, EPNet's domain side).
+        related_features: ``{task: [feature, ...]}``, each task's prompt inputs (PMTA's e_u^t, e_v^t).
         dense_dim: width of a dense feature's projection in :meth:`features`.
 
     Access by meaning (never by column position): :meth:`features` returns the embedding of
@@ -195,6 +196,7 @@ class EmbeddingCollection(nn.Module):
         self.dense_projections = nn.ModuleDict()  # created by use(), for the dense features a model names
         self.priors = list(spec.priors)
         self.domain_features = list(spec.domain_features)
+        self.related_features = {t.name: list(t.related_features) for t in spec.tasks}
 
     def table(self, name: str) -> nn.Embedding:
         """The ``nn.Embedding`` of table ``name`` (per-domain tables: ``D`` blocks of rows)."""

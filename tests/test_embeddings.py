@@ -178,6 +178,7 @@ def test_groups_by_source_and_per_domain_tables():
     assert emb.group_keys("context", kind="sequence") == ["hist_item@item_id"]
     assert emb.feature_keys("user_id") == ["user_id@user_shared", "user_id@user_domain"]
     assert emb.feature_keys("price") == []
+    assert emb.related_features == {"t0": ["item_id"], "t1": ["item_id"], "t2": ["item_id"]}
     batch = make_batch(spec, fm, size=5)
     pooled = emb.pooled(batch)
     e_u_d = emb.group(batch, "user", per_domain=True, pooled=pooled)
