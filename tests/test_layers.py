@@ -343,3 +343,24 @@ def test_backbones_shapes_and_deepfm_representation():
     pair = sum(v[:, i] * v[:, j] for i, j in itertools.combinations(range(v.shape[1]), 2))
     assert torch.allclose(h[:, 7:], pair, atol=1e-6)
     assert torch.allclose(h[:, :7], dfm.deep(x))
+
+
+def test_parallel_mlp_reads_an_expanded_input_as_one_shared_input():
+    """An input expanded over the K MLPs (a stride-0 view) runs as one GEMM; same result, exports."""
+    pm = ParallelMLP(5, [4], num=3, out_dim=1)
+    h = torch.randn(6, 5, generator=_g())
+    copied = pm(h.unsqueeze(1).repeat(1, 3, 1))
+    assert torch.allclose(pm(h.unsqueeze(1).expand(-1, 3, -1)), copied, atol=1e-6)
+    assert torch.allclose(pm(h), copied, atol=1e-6)
+
+    class Expanded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pm = pm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pm(x.unsqueeze(1).expand(-1, 3, -1))
+
+    exported = torch.export.export(Expanded(), (h,), dynamic_shapes=({0: torch.export.Dim("B", min=2)},))
+    other = torch.randn(4, 5, generator=_g(1))
+    assert torch.allclose(exported.module()(other), pm(other), atol=1e-6)
