@@ -273,7 +273,7 @@ def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: B
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
-@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple"])
+@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
     params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}
