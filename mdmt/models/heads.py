@@ -14,7 +14,7 @@ every task (what the ``shared`` block hands it). That is the same as the expande
 but skips a ``[B, T, d]`` gradient in the backward pass.
 
 ``gate_input`` is for heads whose towers are gated by an extra input (PPNet); a head that wants
-one says so with :meth:`Head.gate_dim` and builds it with :meth:`Head.gate_input`, so a model
+one says so with :meth:`Head.gate_width` and builds it with :meth:`Head.gate_input`, so a model
 never checks which head it holds. Plain towers take none.
 
 Heads are registered by name (``plain``; other modules add theirs with :func:`register_head`)
@@ -102,12 +102,12 @@ class Head(nn.Module):
         self.first_dim: int = in_dim  # h_1, the width of first(); set by subclasses
 
     @classmethod
-    def gate_dim(cls, embeddings: EmbeddingCollection, cfg: StrictModel) -> int:
+    def gate_width(cls, embeddings: EmbeddingCollection, cfg: StrictModel) -> int:
         """Width of the ``gate_input`` this head wants from a model over ``embeddings``; 0 = none."""
         return 0
 
     def gate_input(self, embeddings: EmbeddingCollection, batch: Batch, pooled: dict[str, Tensor]) -> Tensor | None:
-        """Build ``gate_input`` ``[B, gate_dim]`` from the batch's embeddings (``pooled``, from
+        """Build ``gate_input`` ``[B, gate_width]`` from the batch's embeddings (``pooled``, from
         :meth:`EmbeddingCollection.pooled`); None for heads that take none. A model with its own
         gate input (PEPNet's ⊘(O_ep)) passes that to the head instead."""
         return None
@@ -173,7 +173,7 @@ def build_head(
     """
     cfg = params if isinstance(params, StrictModel) else head_config(kind, params)
     cls = HEADS[kind].cls
-    gate = cls.gate_dim(embeddings, cfg) if embeddings is not None else 0
+    gate = cls.gate_width(embeddings, cfg) if embeddings is not None else 0
     return cls(in_dim, num_tasks, towers or TowerConfig(), cfg, gate)
 
 
