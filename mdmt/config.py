@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .embeddings import EmbeddingConfig
 from .schema import StrictModel, parse_config, read_yaml_mapping
 
 __all__ = [
@@ -40,10 +41,13 @@ class DataConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """A registered model and its params (validated by the model's own config class)."""
+    """A registered model, its params (validated by the model's own config class) and the
+    embedding settings every model shares (``embedding``: dim, domain input, id dropout; e.g.
+    ``--set model.embedding.dim=32``)."""
 
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingConfig = EmbeddingConfig()
 
     @field_validator("params", mode="before")
     @classmethod

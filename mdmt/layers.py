@@ -8,13 +8,16 @@ Contents:
 
 * :func:`domain_select`: the one per-domain routing helper (gather per-domain parameters or
   per-domain outputs by ``batch.domain``).
-* :class:`MLP`: a fully connected stack.
-* :class:`ParallelMLP`: ``K`` independent MLPs evaluated in one batched op (experts, towers).
+* :class:`MLP`: a fully connected stack, with the one normalisation option :data:`Norm`.
+* :class:`ParallelMLP`: ``K`` independent MLPs evaluated in one batched op (experts, towers),
+  normalised by :class:`StackedNorm`.
 * :class:`Gate`: ``G`` softmax gates over ``E`` experts and the gated mixture (MMoE, PLE).
 * :class:`CrossNet`: the DCN-V2 cross network (full rank, low rank, mixture of low-rank experts).
 * :func:`fm_bi_interaction`: the FM pairwise interaction as a vector ``½((Σv)² − Σv²)``.
 * :class:`PartitionedNorm` and :class:`StarLinear`: STAR's per-domain normalisation and
   star-topology linear layer, both routed through :func:`domain_select`.
+* :func:`stop_gradient` and :func:`tap`: a paper's ⊘ (stop-gradient) and a named activation,
+  so tests can check gradient paths (:mod:`mdmt.testing`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from torch import Tensor, nn
 __all__ = [
     "Activation",
     "activation",
+    "Norm",
+    "norm_layer",
+    "StackedNorm",
     "domain_select",
     "MLP",
     "ParallelMLP",
@@ -37,15 +43,32 @@ __all__ = [
     "fm_bi_interaction",
     "PartitionedNorm",
     "StarLinear",
+    "stop_gradient",
+    "tap",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
+
+#: Normalisation of every hidden layer of an MLP block (backbones, experts, towers, auxiliary
+#: nets): ``none``, ``layernorm`` or ``batchnorm``. One option, one default (``none``) for all models.
+Norm = Literal["none", "layernorm", "batchnorm"]
 
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``prelu``)."""
     kinds = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}
     return kinds[name]()
+
+
+def norm_layer(kind: Norm, dim: int) -> nn.Module:
+    """A fresh normalisation of ``dim`` features by :data:`Norm` kind (``none`` = ``nn.Identity``)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim)
+    if kind == "batchnorm":
+        return nn.BatchNorm1d(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be none, layernorm or batchnorm, got {kind!r}")
 
 
 def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -97,9 +120,10 @@ class MLP(nn.Sequential):
 
     Args:
         in_dim: input width.
-        hidden: hidden widths; each is Linear -> (BatchNorm | LayerNorm) -> activation -> (Dropout).
-        out_dim: optional final Linear without activation (e.g. 1 for a tower's logit).
-        dropout, act, batch_norm, layer_norm: per hidden layer.
+        hidden: hidden widths; each is Linear -> norm -> activation -> (Dropout).
+        out_dim: optional final Linear without norm or activation (e.g. 1 for a tower's logit).
+        dropout, act: per hidden layer.
+        norm: ``none``, ``layernorm`` or ``batchnorm`` after each hidden Linear (:data:`Norm`).
 
     Example::
 
@@ -115,17 +139,14 @@ class MLP(nn.Sequential):
         out_dim: int | None = None,
         dropout: float = 0.0,
         act: str = "relu",
-        batch_norm: bool = False,
-        layer_norm: bool = False,
+        norm: Norm = "none",
     ) -> None:
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
             layers.append(nn.Linear(d, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            if layer_norm:
-                layers.append(nn.LayerNorm(h))
+            if norm != "none":
+                layers.append(norm_layer(norm, h))
             layers.append(activation(act))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -136,23 +157,58 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.in_dim = in_dim
         self.out_dim = d
+        self.norm = norm
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D401 - same as Sequential
         return super().forward(x)
 
 
+class StackedNorm(nn.Module):
+    """The normalisation of ``K`` independent MLP layers at once: ``[B, K, dim] -> [B, K, dim]``.
+
+    * ``layernorm``: each ``[dim]`` vector is normalised over its features, then MLP ``k``'s own
+      affine ``γ_k, β_k`` is applied (as ``K`` separate ``nn.LayerNorm(dim)``).
+    * ``batchnorm``: each of the ``K·dim`` units is normalised over the batch with its own running
+      statistics and affine (as ``K`` separate ``nn.BatchNorm1d(dim)``).
+
+    Example::
+
+        >>> import torch
+        >>> StackedNorm(3, 4, "layernorm")(torch.randn(2, 3, 4)).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def __init__(self, num: int, dim: int, kind: Norm) -> None:
+        super().__init__()
+        if kind not in ("layernorm", "batchnorm"):
+            raise ValueError(f"StackedNorm kind must be layernorm or batchnorm, got {kind!r}")
+        self.kind, self.num, self.dim = kind, num, dim
+        if kind == "layernorm":
+            self.weight = nn.Parameter(torch.ones(num, dim))
+            self.bias = nn.Parameter(torch.zeros(num, dim))
+        else:
+            self.bn = nn.BatchNorm1d(num * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (self.dim,)) * self.weight + self.bias
+        return self.bn(x.reshape(x.shape[0], self.num * self.dim)).view_as(x)
+
+
 class ParallelMLP(nn.Module):
     """``K`` independent MLPs of one shape, evaluated in one batched op: experts or task towers.
 
-    MLP ``k`` computes ``a_{l+1} = act(a_l W_l[k] + b_l[k])`` for each hidden layer and, with
-    ``out_dim``, a last affine layer without activation. Weights are stacked ``[K, in, out]``.
+    MLP ``k`` computes ``a_{l+1} = act(norm_k(a_l W_l[k] + b_l[k]))`` for each hidden layer and,
+    with ``out_dim``, a last affine layer without norm or activation. Weights are stacked
+    ``[K, in, out]``; the norm of the ``K`` MLPs is one :class:`StackedNorm` per layer.
 
     Args:
         in_dim: input width.
-        hidden: hidden widths (each followed by the activation and optional dropout).
+        hidden: hidden widths (each followed by the norm, the activation and optional dropout).
         num: ``K``, the number of MLPs.
         out_dim: optional final affine layer (1 for towers that output a logit).
         dropout, act: per hidden layer.
+        norm: ``none``, ``layernorm`` or ``batchnorm`` after each hidden affine layer (:data:`Norm`).
 
     Shapes:
         ``x``: ``[B, in_dim]`` (the same input for every MLP) or ``[B, K, in_dim]`` (one input
@@ -177,6 +233,7 @@ class ParallelMLP(nn.Module):
         out_dim: int | None = None,
         dropout: float = 0.0,
         act: str = "relu",
+        norm: Norm = "none",
     ) -> None:
         super().__init__()
         dims = [in_dim, *hidden] + ([out_dim] if out_dim is not None else [])
@@ -187,11 +244,15 @@ class ParallelMLP(nn.Module):
         self.weights = nn.ParameterList([nn.Parameter(torch.empty(num, a, b)) for a, b in zip(dims[:-1], dims[1:])])
         self.biases = nn.ParameterList([nn.Parameter(torch.empty(num, b)) for b in dims[1:]])
         self.acts = nn.ModuleList([activation(act) for _ in hidden])
+        self.norm = norm
+        self.norms = nn.ModuleList([StackedNorm(num, h, norm) for h in hidden] if norm != "none" else [])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for w, b in zip(self.weights, self.biases):
             _linear_init_(w, b, w.shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3 and x.shape[1] == self.num and x.stride(1) == 0 and self.weights:
+            x = x[:, 0]  # one input expanded to every MLP (a view): run it as a shared input
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             K, din, dout = w.shape
             if x.dim() == 2:  # shared input [B, in]: one GEMM against [in, K*out]
@@ -199,6 +260,8 @@ class ParallelMLP(nn.Module):
             else:  # per-MLP input [B, K, in]: one batched GEMM over K
                 x = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w).transpose(0, 1)
             if i < self.num_hidden:
+                if self.norm != "none":
+                    x = self.norms[i](x)
                 x = self.dropout(self.acts[i](x))
         if x.dim() == 2:  # no layers at all: identity, broadcast to every MLP
             x = x.unsqueeze(1).expand(-1, self.num, -1)
@@ -440,3 +503,40 @@ class StarLinear(nn.Module):
         w, b = self.domain_weights()
         y = torch.einsum("bi,dio->dbo", x, w) + b.unsqueeze(1)  # every domain's output: [D, B, out]
         return domain_select(y, domain, rows=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient paths: stop-gradient and named activations
+# ---------------------------------------------------------------------------------------------
+#: Recorders of named activations, pushed by :func:`mdmt.testing.record_activations` (tests only).
+_RECORDERS: list[dict[str, Tensor]] = []
+
+
+def tap(x: Tensor, name: str) -> Tensor:
+    """Identity that names the activation ``x``: under :func:`mdmt.testing.record_activations`
+    it is recorded as ``name`` (with its autograd graph), so a test can ask which gradients
+    reach it. Outside a recording it does nothing (and traces to nothing).
+
+    Example::
+
+        >>> import torch
+        >>> tap(torch.ones(2), "E").tolist()
+        [1.0, 1.0]
+    """
+    if _RECORDERS:
+        _RECORDERS[-1][name] = x
+    return x
+
+
+def stop_gradient(x: Tensor, name: str | None = None) -> Tensor:
+    """A paper's ⊘: ``x`` in the forward pass, no gradient into ``x`` in the backward pass.
+
+    With ``name``, the input is tapped as ``name`` (before the cut) and the output as
+    ``name + "/stopped"``, so :func:`mdmt.testing.assert_stop_gradient` can check the path.
+    """
+    if name is not None:
+        tap(x, name)
+    out = x.detach()
+    if name is not None:
+        tap(out, name + "/stopped")
+    return out

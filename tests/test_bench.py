@@ -30,6 +30,7 @@ from mdmt.bench.harness import _validate_models, read_cell, slugify, write_json_
 from mdmt.bench.plots import cell_grid, plot_cell_heatmap, plot_seesaw
 from mdmt.bench.report import (
     markdown_dataset,
+    markdown_report,
     seesaw_matrix,
     summarize,
     write_benchmarks_md,
@@ -180,6 +181,56 @@ def test_grid_order_cell_experiment_and_fingerprint(tmp_path):
     assert fp != fingerprint(cell_experiment(cfg, keys[2]))  # another seed
     assert slugify("MLP (per cell)") == "mlp-per-cell"
     assert cell_path(cfg.output_dir, keys[0]).name == "toy__mlp__seed0.json"
+
+
+def test_model_defaults_and_embedding_apply_to_every_row_unless_the_entry_sets_them(tmp_path):
+    entries = [
+        BenchEntry(label="MLP", model="mlp", regime="cell"),
+        BenchEntry(label="MMoE", model="mmoe", params={"num_experts": 2}),
+        BenchEntry(label="MMoE-BN", model="mmoe", params={"norm": "batchnorm"}, embedding={"id_dropout": 0.0}),
+    ]
+    cfg = _cfg(tmp_path, entries=entries, model_defaults={"norm": "layernorm"},
+               embedding={"id_dropout": 0.2, "dim": 8})
+    keys = {k.label: k for k in grid_keys(cfg) if k.seed == 0}
+    mlp, mmoe, bn = (cell_experiment(cfg, keys[x]) for x in ("MLP", "MMoE", "MMoE-BN"))
+    assert mlp.model.params == {"norm": "layernorm"}
+    assert mmoe.model.params == {"norm": "layernorm", "num_experts": 2}
+    assert bn.model.params == {"norm": "batchnorm"}  # the entry's own setting wins
+    assert mlp.model.embedding.id_dropout == 0.2 and mlp.model.embedding.dim == 8
+    assert bn.model.embedding.id_dropout == 0.0 and bn.model.embedding.dim == 8
+    assert fingerprint(mmoe) != fingerprint(cell_experiment(_cfg(tmp_path, entries=entries), keys["MMoE"]))
+    _validate_models(cfg)
+    # the built models carry the setting: every hidden layer of every row is normalised alike
+    from mdmt.models import build_model
+
+    from .conftest import make_tiny
+
+    spec, fm = make_tiny()
+    for exp, kind in ((mlp, torch.nn.LayerNorm), (mmoe, type(None)), (bn, type(None))):
+        model = build_model(exp.model.name, spec, fm, exp.model.params, embedding=exp.model.embedding)
+        assert model.cfg.norm == exp.model.params["norm"]
+        if exp is mlp:
+            assert sum(isinstance(m, kind) for m in model.modules()) == 2  # both hidden layers
+        else:
+            assert model.block.experts.norm == exp.model.params["norm"] == model.head.first_layer.norm
+    # the "Training:" line of the report says what every row got and who differs
+    md = markdown_report(cfg, summarize(_records(), baseline="Base"))
+    line = next(x for x in md.splitlines() if x.startswith("Training:"))
+    assert "model defaults for every row: norm=layernorm" in line
+    assert "dim 8" in line and "domain id as input" in line and "id dropout 0.2" in line
+    assert "MMoE-BN: {'norm': 'batchnorm'}" in line and "MMoE-BN: embedding {'id_dropout': 0.0}" in line
+    plain = markdown_report(_cfg(tmp_path), summarize(_records(), baseline="Base"))
+    assert "model defaults for every row: none (MLP norm: none)" in plain
+    # a default no entry's model accepts, or a bad embedding override, is a clear error
+    with pytest.raises(ConfigError, match="entry 'MLP'.*nrm"):
+        _validate_models(_cfg(tmp_path, model_defaults={"nrm": "layernorm"}))
+    with pytest.raises(Exception, match="unknown embedding override"):
+        _cfg(tmp_path, entries=[BenchEntry(label="MLP", model="mlp", embedding={"dimm": 3})], seesaw_reference=None)
+    p = tmp_path / "b.yaml"
+    p.write_text("name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp, embedding: "
+                 "{id_dropout: 2}}]\nseeds: [0]\nbaseline: A\noutput_dir: o\n")
+    with pytest.raises(ConfigError, match="entry 'A' embedding.*id_dropout"):
+        load_bench_config(p)
 
 
 def test_atomic_write_and_unreadable_cells(tmp_path):

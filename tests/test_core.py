@@ -33,7 +33,7 @@ def test_table_with_unknown_feature_rejected():
 def test_specs_are_plain_data_and_models_do_not_share_tables():
     spec, fm = make_tiny()
     a, b = EmbeddingCollection(spec, fm), EmbeddingCollection(spec, fm)
-    assert a.tables["user_id"].weight.data_ptr() != b.tables["user_id"].weight.data_ptr()
+    assert a.table("user_id").weight.data_ptr() != b.table("user_id").weight.data_ptr()
 
 
 def test_sequence_shares_item_table_and_padding_is_zero():
@@ -58,7 +58,7 @@ def test_per_domain_table_routes_by_domain():
     assert not torch.allclose(dom[0], dom[1])  # e^d differs (rows 0 and 1 are in domains 0 and 1)
     assert torch.allclose(dom[0], dom[3])  # rows 0 and 3 are both domain 0
     rows = emb._rows["user_domain"]
-    w = emb.tables["user_domain"].weight
+    w = emb.table("user_domain").weight
     assert torch.allclose(dom[1], w[1 * rows + 5])
 
 

@@ -50,8 +50,6 @@ def _readme_commands() -> list[list[str]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="the README's table named 'items' collides with nn.ModuleDict attributes; "
-                   "the fix is on the models branch")
 def test_readme_bring_your_own_data_example_runs_verbatim(tmp_path: Path, monkeypatch, capsys):
     """The schema and experiment of the README, written as they are, on a table with their columns;
     then the README's train, evaluate and predict commands on it."""

@@ -61,13 +61,64 @@ def test_domain_select_gradient_reaches_only_selected_entries():
 # ---------------------------------------------------------------------------------------------
 # MLP, ParallelMLP, Gate
 # ---------------------------------------------------------------------------------------------
-def test_mlp_layer_norm_and_out_dim():
-    m = MLP(6, [5, 4], out_dim=2, layer_norm=True)
-    assert sum(isinstance(x, nn.LayerNorm) for x in m) == 2 and m.out_dim == 2
-    x = torch.randn(3, 6, generator=_g())
-    h = torch.relu(m[1](m[0](x)))
-    h = torch.relu(m[4](m[3](h)))
-    assert torch.allclose(m(x), m[6](h), atol=1e-6)
+def _norm(h: torch.Tensor, kind: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Direct re-computation: LayerNorm over features, or BatchNorm (training) over the batch."""
+    if kind == "layernorm":
+        mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+    else:
+        mu, var = h.mean(0, keepdim=True), h.var(0, unbiased=False, keepdim=True)
+    return (h - mu) / torch.sqrt(var + 1e-5) * weight + bias
+
+
+@pytest.mark.parametrize("kind", ["none", "layernorm", "batchnorm"])
+def test_mlp_norm_sits_between_linear_and_activation(kind):
+    m = MLP(6, [5, 4], out_dim=2, norm=kind).train()
+    norm_type = {"none": None, "layernorm": nn.LayerNorm, "batchnorm": nn.BatchNorm1d}[kind]
+    linears = [x for x in m if isinstance(x, nn.Linear)]
+    norms = [x for x in m if norm_type is not None and isinstance(x, norm_type)]
+    assert len(linears) == 3 and len(norms) == (0 if kind == "none" else 2) and m.out_dim == 2
+    # order: Linear, norm, ReLU per hidden layer; the output Linear has neither norm nor activation
+    kinds = [type(x).__name__ for x in m]
+    per_layer = ["Linear"] + ([norm_type.__name__] if norm_type else []) + ["ReLU"]
+    assert kinds == per_layer * 2 + ["Linear"]
+    with torch.no_grad():
+        for x in norms:  # non-trivial affine, so a misplaced norm shows
+            x.weight.uniform_(0.5, 1.5)
+            x.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(7, 6, generator=_g())
+    h = x
+    for i, lin in enumerate(linears[:2]):
+        h = lin(h)
+        if kind != "none":
+            h = _norm(h, kind, norms[i].weight, norms[i].bias)
+        h = torch.relu(h)
+    assert torch.allclose(m(x), linears[2](h), atol=1e-5)
+
+
+@pytest.mark.parametrize("per_input", [False, True])
+@pytest.mark.parametrize("kind", ["layernorm", "batchnorm"])
+def test_parallel_mlp_norm_is_per_mlp_between_affine_and_activation(kind, per_input):
+    K, B = 3, 6
+    pm = ParallelMLP(5, [6, 4], num=K, out_dim=2, norm=kind).train()
+    assert len(pm.norms) == 2
+    with torch.no_grad():
+        for p in pm.norms.parameters():
+            p.uniform_(0.5, 1.5)
+    x = torch.randn(B, K, 5, generator=_g()) if per_input else torch.randn(B, 5, generator=_g())
+    out = pm(x)
+    for k in range(K):
+        a = x[:, k] if per_input else x
+        for layer in range(2):
+            n = pm.norms[layer]
+            w, b = (n.weight[k], n.bias[k]) if kind == "layernorm" else (
+                n.bn.weight.view(K, -1)[k], n.bn.bias.view(K, -1)[k])
+            a = torch.relu(_norm(a @ pm.weights[layer][k] + pm.biases[layer][k], kind, w, b))
+        a = a @ pm.weights[2][k] + pm.biases[2][k]
+        assert torch.allclose(out[:, k], a, atol=1e-5)
+    # batchnorm in eval mode uses running statistics: a row's output does not depend on its batch
+    if kind == "batchnorm":
+        pm.eval()
+        assert torch.allclose(pm(x[:1]), pm(x)[:1], atol=1e-6)
 
 
 @pytest.mark.parametrize("per_input", [False, True])
@@ -292,3 +343,24 @@ def test_backbones_shapes_and_deepfm_representation():
     pair = sum(v[:, i] * v[:, j] for i, j in itertools.combinations(range(v.shape[1]), 2))
     assert torch.allclose(h[:, 7:], pair, atol=1e-6)
     assert torch.allclose(h[:, :7], dfm.deep(x))
+
+
+def test_parallel_mlp_reads_an_expanded_input_as_one_shared_input():
+    """An input expanded over the K MLPs (a stride-0 view) runs as one GEMM; same result, exports."""
+    pm = ParallelMLP(5, [4], num=3, out_dim=1)
+    h = torch.randn(6, 5, generator=_g())
+    copied = pm(h.unsqueeze(1).repeat(1, 3, 1))
+    assert torch.allclose(pm(h.unsqueeze(1).expand(-1, 3, -1)), copied, atol=1e-6)
+    assert torch.allclose(pm(h), copied, atol=1e-6)
+
+    class Expanded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pm = pm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pm(x.unsqueeze(1).expand(-1, 3, -1))
+
+    exported = torch.export.export(Expanded(), (h,), dynamic_shapes=({0: torch.export.Dim("B", min=2)},))
+    other = torch.randn(4, 5, generator=_g(1))
+    assert torch.allclose(exported.module()(other), pm(other), atol=1e-6)

@@ -1,13 +1,13 @@
 """Every registered model, on the tiny schema (DESIGN §5.7). Parametrized over the registry, so a
 newly registered model is tested without editing this file.
 
-A model class may say ``domain_aware = False`` (it never reads ``batch.domain``); every other
-model must give different logits when only the domain of the rows changes.
+By default the domain id is an input of every model (``model.embedding.domain_input``), so every
+model must give different logits when only the domain of the rows changes. With the domain input
+off, a model class may say ``domain_aware = False`` (it never reads ``batch.domain`` itself); it
+must then give the same logits.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
@@ -26,20 +26,32 @@ FIXTURES = [False, True]  # per_domain tables off / on
 
 # torch.manual_seed(0); build_model(name, spec, fm).eval(); sum of all logits on make_batch(spec, fm)
 GOLDEN: dict[tuple[str, bool], float] = {
-    ("dcnv2", False): -1.9923489093780518,
-    ("deepfm", False): -9.257884979248047,
-    ("mlp", False): 5.064952850341797,
-    ("mmoe", False): -3.5325167179107666,
-    ("ple", False): -3.626519203186035,
-    ("sharedbottom", False): -4.501753807067871,
-    ("star", False): 6.248359680175781,
-    ("dcnv2", True): 2.0950117111206055,
-    ("deepfm", True): -5.489543914794922,
-    ("mlp", True): -2.128939151763916,
-    ("mmoe", True): 3.0098886489868164,
-    ("ple", True): 1.4198681116104126,
-    ("sharedbottom", True): -2.8066883087158203,
-    ("star", True): -1.6641345024108887,
+    ("compose", False): 0.8161070346832275,
+    ("dcnv2", False): 2.954223394393921,
+    ("dcnv2-mt", False): -0.7214128971099854,
+    ("deepfm", False): -0.34281373023986816,
+    ("mlp", False): 1.4357340335845947,
+    ("mmoe", False): -0.22004173696041107,
+    ("ple", False): -2.5541625022888184,
+    ("ple-md", False): 3.3083839416503906,
+    ("sharedbottom", False): 0.8161070346832275,
+    ("sharedtop", False): 0.17571541666984558,
+    ("specificall", False): 3.020747184753418,
+    ("specifictop", False): 0.5182718634605408,
+    ("star", False): 4.051000595092773,
+    ("compose", True): 1.4446914196014404,
+    ("dcnv2", True): -0.21339617669582367,
+    ("dcnv2-mt", True): -4.408079147338867,
+    ("deepfm", True): 6.0356059074401855,
+    ("mlp", True): 1.0233635902404785,
+    ("mmoe", True): 3.540945291519165,
+    ("ple", True): 0.8063865900039673,
+    ("ple-md", True): -0.3675712049007416,
+    ("sharedbottom", True): 1.4446914196014404,
+    ("sharedtop", True): 0.46690207719802856,
+    ("specificall", True): -0.3061802089214325,
+    ("specifictop", True): -0.34500569105148315,
+    ("star", True): 1.7737501859664917,
 }
 
 
@@ -57,9 +69,12 @@ def _setup(per_domain: bool, size: int = 16, seed: int = 0):
     return spec, fm, make_batch(spec, fm, size=size, seed=seed)
 
 
-def _build(name: str, spec: DatasetSpec, fm: FeatureMap, seed: int = 0, params: dict | None = None) -> MDMTModel:
+def _build(
+    name: str, spec: DatasetSpec, fm: FeatureMap, seed: int = 0, params: dict | None = None,
+    embedding: dict | None = None,
+) -> MDMTModel:
     torch.manual_seed(seed)
-    return build_model(name, spec, fm, params)
+    return build_model(name, spec, fm, params, embedding=embedding)
 
 
 def _stack(model: MDMTModel, out: ModelOutput) -> torch.Tensor:
@@ -132,15 +147,17 @@ def test_gradients_reach_every_learnable_parameter(name, per_domain):
 
 @pytest.mark.parametrize("per_domain", FIXTURES)
 @pytest.mark.parametrize("name", MODELS)
-def test_outputs_depend_on_the_domain(name, per_domain):
+@pytest.mark.parametrize("domain_input", [True, False])
+def test_outputs_depend_on_the_domain(name, per_domain, domain_input):
     spec, fm, batch = _setup(per_domain)
-    model = _build(name, spec, fm).eval()
+    model = _build(name, spec, fm, embedding={"domain_input": domain_input}).eval()
+    assert (model.embeddings.domain_key is not None) == domain_input
     moved = _with_domain(batch, (batch.domain + 1) % spec.num_domains)
     with torch.no_grad():
         a, again, b = _stack(model, model(batch)), _stack(model, model(batch)), _stack(model, model(moved))
     assert torch.equal(a, again), "eval mode is not deterministic"
-    if per_domain or getattr(REGISTRY[name].cls, "domain_aware", True):
-        # per-domain tables (or a domain-aware model): every row's logits move with its domain
+    if domain_input or per_domain or getattr(REGISTRY[name].cls, "domain_aware", True):
+        # the domain input, per-domain tables or a domain-aware model: every row's logits move with its domain
         assert torch.all((a - b).abs().amax(dim=1) > 1e-7), "logits do not depend on batch.domain"
     else:
         assert torch.equal(a, b), "a model declared domain_aware=False reads batch.domain"
@@ -156,9 +173,7 @@ def test_seeded_golden_value(name, per_domain):
         m2 = _build(name, spec, fm).eval()
         assert float(_stack(m2, m2(batch)).sum()) == total, "same seed, different model"
     key = (name, per_domain)
-    if key not in GOLDEN:  # a newly registered model: reproducible; its constant belongs in GOLDEN
-        warnings.warn(f"no golden value stored for {key}; add {key!r}: {total!r} to GOLDEN")
-        return
+    assert key in GOLDEN, f"no golden value stored for the newly registered {key}; add {key!r}: {total!r} to GOLDEN"
     assert total == pytest.approx(GOLDEN[key], rel=1e-4, abs=1e-5)
 
 
@@ -219,7 +234,13 @@ def test_forward_exports_with_a_dynamic_batch(name):
     """DESIGN §7: forward is tensor ops only (no loops over rows, no .item(), no data-dependent
     branches), so it exports with a symbolic batch size and scores another batch size the same."""
     spec, fm, batch = _setup(True, size=8)
-    model = _build(name, spec, fm).eval()
+    assert_exports(_build(name, spec, fm).eval(), spec, fm, batch)
+
+
+def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: Batch) -> None:
+    """``torch.export`` of ``model`` with a dynamic batch dimension scores another batch size as
+    the eager model does."""
+
     class Scorer(nn.Module):
         def __init__(self, m: MDMTModel) -> None:
             super().__init__()
@@ -252,7 +273,7 @@ def test_forward_exports_with_a_dynamic_batch(name):
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
-@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple"])
+@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
     params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}
@@ -285,7 +306,7 @@ def test_dcnv2_variants(params):
 def test_ple_variants(params):
     spec, fm, batch = _setup(False, size=8)
     model = _build("ple", spec, fm, params=params)
-    assert len(model.levels) == params.get("num_levels", 2)
+    assert len(model.block.levels) == params.get("num_levels", 2)
     _loss(model, batch).backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
@@ -296,11 +317,11 @@ def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
     model = _build("mmoe", spec, fm).eval()
     with torch.no_grad():
         x = model.embeddings.flat_input(batch)
-        f = model.experts(x)  # [B, E, H]
-        w = model.gates.weights(x)  # [B, T, E]
+        f = model.block.experts(x)  # [B, E, H]
+        w = model.block.gates.weights(x)  # [B, T, E]
         E, T = f.shape[1], spec.num_tasks
         mixed = torch.stack([sum(w[:, t, e : e + 1] * f[:, e] for e in range(E)) for t in range(T)], dim=1)
-        z = model.towers(mixed)[..., 0]
+        z = model.head(mixed)
         assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
 
 

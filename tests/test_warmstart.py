@@ -43,8 +43,9 @@ def test_loaded_tensors_equal_the_source_runs(source: Path):
     ref = _source_weights(source)
     state = model.state_dict()
     assert summary.loaded and summary.fresh  # embeddings and towers loaded; experts and gates fresh
-    assert all(k.startswith("embeddings.") or k.startswith("towers.") for k in summary.loaded)
-    assert any(k.startswith("experts.") for k in summary.fresh) and any(k.startswith("gates.") for k in summary.fresh)
+    assert all(k.startswith("embeddings.") or k.startswith("head.") for k in summary.loaded)
+    assert any(k.startswith("block.experts.") for k in summary.fresh)
+    assert any(k.startswith("block.gates.") for k in summary.fresh)
     for k in summary.loaded:
         assert torch.equal(state[k], ref[k]), k
     for k in summary.fresh:
@@ -104,5 +105,5 @@ def test_another_feature_map_is_refused_with_the_differences(source: Path, tmp_p
 def test_same_name_other_shape_is_listed(source: Path):
     fm = load_run(source).feature_map
     model = build_model("sharedbottom", fm.spec, fm, {"tower_hidden": [7]})
-    with pytest.raises(ConfigError, match=r"another shape.*towers"):
+    with pytest.raises(ConfigError, match=r"another shape.*head\."):
         apply_warm_start(model, load_source(source, fm), "all", WarmStartConfig(run_dir=str(source)), quiet=True)

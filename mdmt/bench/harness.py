@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, deep_merge, read_yaml_with_base
+from ..embeddings import EmbeddingConfig
 from ..schema import ConfigError, StrictModel, parse_config
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "load_bench_config",
     "grid_keys",
     "cell_experiment",
+    "entry_params",
+    "entry_embedding",
     "fingerprint",
     "cell_path",
     "read_cell",
@@ -81,10 +84,13 @@ class BenchEntry(StrictModel):
     Attributes:
         label: display name in the tables, e.g. ``"MMoE-MTL"``; unique within a bench.
         model: registered model name (``mdmt.models.REGISTRY``).
-        params: the model's params (validated by the model's own config).
+        params: the model's params (validated by the model's own config); they win over the
+            bench's ``model_defaults``.
         regime: ``mdmt`` (one joint model), ``mtl`` (one multi-task model per domain),
             ``mdl`` (one multi-domain model per task), ``cell`` (one model per domain-task cell).
         train: overrides of :class:`~mdmt.config.TrainConfig` fields for this entry only.
+        embedding: overrides of the bench's ``embedding`` settings for this entry only (e.g.
+            ``{id_dropout: 0.0}`` to measure id dropout off).
     """
 
     label: str
@@ -92,6 +98,7 @@ class BenchEntry(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     regime: Literal["mdmt", "mtl", "mdl", "cell"] = "mdmt"
     train: dict[str, Any] = Field(default_factory=dict)
+    embedding: dict[str, Any] = Field(default_factory=dict)
 
 
 class BenchReference(StrictModel):
@@ -127,6 +134,10 @@ class BenchConfig(StrictModel):
         entries: the models (rows of the table).
         seeds: model seeds; every entry runs once per seed (the data does not depend on them).
         train: training settings shared by all entries (``regime`` and ``seed`` are set per run).
+        model_defaults: model params given to every entry unless the entry's ``params`` set them,
+            so that one table uses one setting for all its rows (e.g. ``{norm: layernorm}``).
+        embedding: the embedding settings of every entry (``model.embedding``: dim, domain
+            input, id dropout); an entry's ``embedding`` overrides single fields.
         baseline: label the RelaImpr column and the paired t-test compare against.
         seesaw_reference: label of the per-cell reference (e.g. the per-cell MLP) for the seesaw
             heatmap; None draws no heatmap.
@@ -139,6 +150,8 @@ class BenchConfig(StrictModel):
     entries: list[BenchEntry]
     seeds: list[int]
     train: TrainConfig = Field(default_factory=TrainConfig)
+    model_defaults: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     baseline: str
     seesaw_reference: str | None = None
     output_dir: str
@@ -179,6 +192,9 @@ class BenchConfig(StrictModel):
             bad = sorted(set(e.train) - set(TrainConfig.model_fields))
             if bad:
                 raise ValueError(f"entry {e.label!r}: unknown train override(s) {bad}")
+            bad = sorted(set(e.embedding) - set(EmbeddingConfig.model_fields))
+            if bad:
+                raise ValueError(f"entry {e.label!r}: unknown embedding override(s) {bad}")
         return self
 
     def entry(self, label: str) -> BenchEntry:
@@ -198,9 +214,21 @@ def load_bench_config(path: str | Path, overrides: dict[str, Any] | None = None)
     if overrides:
         data = deep_merge(data, overrides)
     cfg = parse_config(data, BenchConfig, str(path))
-    for e in cfg.entries:  # entry train overrides must form a valid TrainConfig
+    for e in cfg.entries:  # entry train and embedding overrides must form valid configs
         parse_config(deep_merge(cfg.train.model_dump(), e.train), TrainConfig, f"{path}: entry {e.label!r} train")
+        entry_embedding(cfg, e, f"{path}: ")
     return cfg
+
+
+def entry_params(cfg: BenchConfig, entry: BenchEntry) -> dict[str, Any]:
+    """The entry's model params: the bench's ``model_defaults`` with the entry's ``params`` over them."""
+    return deep_merge(cfg.model_defaults, entry.params)
+
+
+def entry_embedding(cfg: BenchConfig, entry: BenchEntry, where: str = "") -> EmbeddingConfig:
+    """The entry's embedding settings: the bench's ``embedding`` with the entry's overrides."""
+    merged = deep_merge(cfg.embedding.model_dump(), entry.embedding)
+    return parse_config(merged, EmbeddingConfig, f"{where}bench {cfg.name!r}: entry {entry.label!r} embedding")
 
 
 @dataclass(frozen=True)
@@ -223,7 +251,8 @@ def grid_keys(cfg: BenchConfig) -> list[CellKey]:
 
 
 def cell_experiment(cfg: BenchConfig, key: CellKey) -> ExperimentConfig:
-    """The :class:`ExperimentConfig` of one run (bench train settings + entry overrides + seed).
+    """The :class:`ExperimentConfig` of one run (bench train settings + entry overrides + seed;
+    bench model defaults + entry params; bench embedding settings + entry overrides).
 
     Per-epoch progress bars are switched off (the bench shows one bar over the grid).
     """
@@ -233,7 +262,7 @@ def cell_experiment(cfg: BenchConfig, key: CellKey) -> ExperimentConfig:
     return ExperimentConfig(
         name=f"{cfg.name}/{key.name}",
         data=cfg.datasets[key.dataset],
-        model=ModelConfig(name=entry.model, params=entry.params),
+        model=ModelConfig(name=entry.model, params=entry_params(cfg, entry), embedding=entry_embedding(cfg, entry)),
         train=parse_config(train, TrainConfig, f"bench {cfg.name!r}: entry {entry.label!r} train"),
         output_dir=str(Path(cfg.output_dir) / "runs"),
     )
@@ -391,7 +420,8 @@ def _validate_models(cfg: BenchConfig) -> None:
 
     for e in cfg.entries:
         try:
-            model_config(e.model, e.params)
+            model_config(e.model, entry_params(cfg, e))
+            entry_embedding(cfg, e)
         except ConfigError as err:
             raise ConfigError(f"bench {cfg.name!r}, entry {e.label!r}: {err}") from None
 

@@ -34,6 +34,7 @@ __all__ = [
     "seesaw_matrix",
     "markdown_dataset",
     "markdown_report",
+    "model_settings_text",
     "write_report",
     "grid_records",
     "write_benchmarks_md",
@@ -602,6 +603,29 @@ def _data_desc(cfg: BenchConfig, ds: str) -> str:
     return f"source `{d.source}`" + (f" ({params})" if params else "")
 
 
+def model_settings_text(cfg: BenchConfig) -> str:
+    """The model settings every row shares, and the entries that differ: the bench's
+    ``model_defaults`` and ``embedding`` (dim, domain input, id dropout)."""
+    d = cfg.model_defaults
+    defaults = ", ".join(f"{k}={v}" for k, v in d.items()) if d else "none"
+    if "norm" not in d:
+        defaults += " (MLP norm: none)"
+    e = cfg.embedding
+    who = (", ".join(e.id_dropout_features) if e.id_dropout_features is not None
+           else f"sparse user/item features with ≥ {e.id_dropout_min_vocab} train ids")
+    emb = [
+        f"dim {e.dim}" if e.dim else "dims of the schema",
+        "domain id as input" if e.domain_input else "no domain input",
+        f"id dropout {e.id_dropout:g} on {who}" if e.id_dropout > 0 else "no id dropout",
+    ]
+    text = f"model defaults for every row: {defaults}; embeddings: {', '.join(emb)}"
+    own = [f"{x.label}: {x.params}" for x in cfg.entries if any(k in d for k in x.params)]
+    own += [f"{x.label}: embedding {x.embedding}" for x in cfg.entries if x.embedding]
+    if own:
+        text += "; entries that set their own: " + ", ".join(own)
+    return text
+
+
 def markdown_report(
     cfg: BenchConfig,
     summaries: dict[str, DatasetSummary],
@@ -625,7 +649,7 @@ def markdown_report(
         f"Training: epochs ≤ {t.epochs}, batch {t.batch_size}, lr {t.lr:g}, {t.optimizer}, weight decay {t.weight_decay:g}, "
         f"early stopping on validation {t.monitor} (patience {t.patience}), best epoch restored; per-entry overrides: "
         + (", ".join(f"{e.label}: {e.train}" for e in cfg.entries if e.train) or "none")
-        + ".",
+        + "; " + model_settings_text(cfg) + ".",
         "",
     ]
     for ds, s in summaries.items():

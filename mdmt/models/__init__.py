@@ -6,13 +6,27 @@ Example::
 
     >>> from mdmt.models import REGISTRY
     >>> sorted(REGISTRY)[:3]
-    ['dcnv2', 'deepfm', 'mlp']
+    ['compose', 'dcnv2', 'dcnv2-mt']
 """
 
 from __future__ import annotations
 
 # every model module registers itself on import
-from . import dcnv2, deepfm, mlp, mmoe, ple, sharedbottom, star  # noqa: F401
+from . import (  # noqa: F401
+    compose,
+    dcnv2,
+    dcnv2_mt,
+    deepfm,
+    mlp,
+    mmoe,
+    ple,
+    ple_md,
+    sharedbottom,
+    sharedtop,
+    specificall,
+    specifictop,
+    star,
+)
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import REGISTRY, MDMTModel, ModelInfo, ModelOutput, OptimGroup, build_model, model_config, register
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, CrossNet, fm_bi_interaction
+from ..layers import MLP, Activation, CrossNet, Norm, fm_bi_interaction
 from ..schema import ConfigError, StrictModel
 
 __all__ = [
@@ -98,10 +98,11 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def embed(self, batch: Batch, embeddings: EmbeddingCollection) -> Tensor:
-        """Look ``batch`` up in ``embeddings`` and run the backbone: ``[B, out_dim]``."""
-        fields = embeddings.stacked(batch) if self.needs_fields else None
-        return self(embeddings.flat_input(batch), fields)
+    def embed(self, batch: Batch, embeddings: EmbeddingCollection, pooled: dict[str, Tensor] | None = None) -> Tensor:
+        """Look ``batch`` up in ``embeddings`` (once; or reuse ``pooled``) and run the backbone: ``[B, out_dim]``."""
+        pooled = embeddings.pooled(batch) if pooled is None else pooled
+        fields = embeddings.stacked(batch, pooled=pooled) if self.needs_fields else None
+        return self(embeddings.flat_input(batch, pooled=pooled), fields)
 
 
 class IdentityBackbone(Backbone):
@@ -118,9 +119,11 @@ class IdentityBackbone(Backbone):
 class MLPBackbone(Backbone):
     """``h = MLP(x)``: ``[B, in_dim] -> [B, hidden[-1]]``."""
 
-    def __init__(self, in_dim: int, hidden: list[int], dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self, in_dim: int, hidden: list[int], dropout: float = 0.0, act: str = "relu", norm: Norm = "none"
+    ) -> None:
         super().__init__()
-        self.mlp = MLP(in_dim, hidden, dropout=dropout, act=act)
+        self.mlp = MLP(in_dim, hidden, dropout=dropout, act=act, norm=norm)
         self.out_dim = self.mlp.out_dim
 
     def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:
@@ -146,11 +149,12 @@ class DCNv2Backbone(Backbone):
         structure: Literal["stacked", "parallel"] = "parallel",
         dropout: float = 0.0,
         act: str = "relu",
+        norm: Norm = "none",
     ) -> None:
         super().__init__()
         self.structure = structure
         self.cross = CrossNet(in_dim, cross_layers, low_rank=low_rank, num_experts=cross_experts)
-        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act)
+        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act, norm=norm)
         self.out_dim = self.deep.out_dim if structure == "stacked" else in_dim + self.deep.out_dim
 
     def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:
@@ -167,9 +171,12 @@ class DeepFMBackbone(Backbone):
 
     needs_fields = True
 
-    def __init__(self, in_dim: int, field_dim: int, hidden: list[int], dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self, in_dim: int, field_dim: int, hidden: list[int], dropout: float = 0.0, act: str = "relu",
+        norm: Norm = "none",
+    ) -> None:
         super().__init__()
-        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act)
+        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act, norm=norm)
         self.out_dim = self.deep.out_dim + field_dim
 
     def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:
@@ -186,18 +193,26 @@ def field_dim(embeddings: EmbeddingCollection, who: str) -> int:
     return dims.pop()
 
 
-def build_backbone(kind: BackboneKind, embeddings: EmbeddingCollection, cfg: BackboneConfig | None = None) -> Backbone:
-    """Build backbone ``kind`` for the inputs of ``embeddings``; the result has ``.out_dim``."""
+def build_backbone(
+    kind: BackboneKind, embeddings: EmbeddingCollection, cfg: BackboneConfig | None = None, norm: Norm = "none"
+) -> Backbone:
+    """Build backbone ``kind`` for the inputs of ``embeddings``; the result has ``.out_dim``.
+
+    ``norm`` is the model's one normalisation option, applied to the backbone's MLP too.
+    """
     cfg = cfg or BackboneConfig()
     in_dim = embeddings.input_dim
     if kind == "none":
         return IdentityBackbone(in_dim)
     if kind == "mlp":
-        return MLPBackbone(in_dim, cfg.hidden, cfg.dropout, cfg.act)
+        return MLPBackbone(in_dim, cfg.hidden, cfg.dropout, cfg.act, norm)
     if kind == "dcnv2":
         return DCNv2Backbone(
-            in_dim, cfg.hidden, cfg.cross_layers, cfg.low_rank, cfg.cross_experts, cfg.structure, cfg.dropout, cfg.act
+            in_dim, cfg.hidden, cfg.cross_layers, cfg.low_rank, cfg.cross_experts, cfg.structure, cfg.dropout, cfg.act,
+            norm,
         )
     if kind == "deepfm":
-        return DeepFMBackbone(in_dim, field_dim(embeddings, "the deepfm backbone"), cfg.hidden, cfg.dropout, cfg.act)
+        return DeepFMBackbone(
+            in_dim, field_dim(embeddings, "the deepfm backbone"), cfg.hidden, cfg.dropout, cfg.act, norm
+        )
     raise ConfigError(f"unknown backbone {kind!r}; choose one of none, mlp, dcnv2, deepfm")

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 from torch import Tensor, nn
 
 from ..batch import Batch
-from ..embeddings import EmbeddingCollection
+from ..embeddings import EmbeddingCollection, EmbeddingConfig
 from ..featuremap import FeatureMap
 from ..schema import ConfigError, DatasetSpec, StrictModel, parse_config
 
@@ -66,6 +66,9 @@ class MDMTModel(nn.Module):
 
     config_class: ClassVar[type[StrictModel]]
     registry_name: ClassVar[str] = ""
+    #: embedding settings the model itself needs, over the experiment's (e.g. SpecificAll's
+    #: ``{"per_domain": True}``); applied by :func:`build_model`
+    embedding_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection) -> None:
         super().__init__()
@@ -76,6 +79,10 @@ class MDMTModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def output(self, logits: Tensor, aux_loss: Tensor | None = None) -> ModelOutput:
+        """``[B, T]`` logits in schema task order -> :class:`ModelOutput` keyed by task name."""
+        return ModelOutput({name: logits[:, t] for t, name in enumerate(self.task_names)}, aux_loss)
 
     def optim_groups(self) -> list[OptimGroup]:
         """Default: every parameter in one group with the trainer's optimizer, lr and weight decay."""
@@ -126,8 +133,22 @@ def build_model(
     feature_map: FeatureMap,
     params: dict[str, Any] | None = None,
     embedding_init_std: float = 0.01,
+    embedding: EmbeddingConfig | dict[str, Any] | None = None,
 ) -> MDMTModel:
-    """Build a registered model with fresh embeddings. Never shares modules across calls."""
+    """Build a registered model with fresh embeddings. Never shares modules across calls.
+
+    Args:
+        name: registered model name.
+        spec, feature_map: the schema and its fitted feature map.
+        params: the model's params (validated by its config class; unknown keys raise).
+        embedding_init_std: std of the embedding initialisation.
+        embedding: the embedding settings (``model.embedding``: dim, domain input, id dropout),
+            an :class:`~mdmt.embeddings.EmbeddingConfig` or its mapping; None = the defaults.
+    """
     cfg = model_config(name, params)
-    emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std)
+    if not isinstance(embedding, EmbeddingConfig):
+        embedding = parse_config(embedding or {}, EmbeddingConfig, "model.embedding")
+    if REGISTRY[name].cls.embedding_overrides:
+        embedding = embedding.model_copy(update=REGISTRY[name].cls.embedding_overrides)
+    emb = EmbeddingCollection(spec, feature_map, init_std=embedding_init_std, cfg=embedding)
     return REGISTRY[name].cls(spec, emb, cfg)

@@ -11,6 +11,9 @@ input)::
 and is combined with a deep MLP, **stacked** (``h = MLP(x_L)``) or **parallel**
 (``h = x_L ⊕ MLP(x_0)``). Multi-task: one tower per task on ``h``.
 
+Composition: the ``dcnv2`` backbone (:class:`~mdmt.models.backbones.DCNv2Backbone`) -> ``shared``
+block -> head (plain towers).
+
 Example::
 
     model = build_model("dcnv2", spec, feature_map, {"cross_layers": 3, "low_rank": 16})
@@ -25,16 +28,19 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
-from ..schema import DatasetSpec, StrictModel
-from .backbones import DCNv2Backbone
+from ..schema import DatasetSpec
+from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import SharedBlock
+from .compose import HeadedConfig
+from .heads import build_head, reads_shared_input
 
 __all__ = ["DCNv2Config", "DCNv2"]
 
 
-class DCNv2Config(StrictModel):
-    """Config of ``dcnv2``.
+class DCNv2Config(HeadedConfig):
+    """Config of ``dcnv2``: the fields of :class:`~mdmt.models.compose.HeadedConfig` (head, tower
+    widths, dropout, act, norm), plus:
 
     Attributes:
         cross_layers: ``L`` cross layers.
@@ -42,8 +48,6 @@ class DCNv2Config(StrictModel):
         cross_experts: low-rank experts per cross layer (> 1 needs ``low_rank``).
         structure: ``stacked`` (cross then deep) or ``parallel`` (cross ⊕ deep).
         deep_hidden: widths of the deep MLP.
-        tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
-        dropout, act: of the hidden layers.
     """
 
     cross_layers: PositiveInt = 3
@@ -51,9 +55,6 @@ class DCNv2Config(StrictModel):
     cross_experts: PositiveInt = 1
     structure: Literal["stacked", "parallel"] = "parallel"
     deep_hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
 
     @model_validator(mode="after")
     def _check(self) -> "DCNv2Config":
@@ -61,13 +62,19 @@ class DCNv2Config(StrictModel):
             raise ValueError("cross_experts > 1 (a mixture of low-rank experts) needs low_rank")
         return self
 
+    def backbone(self) -> BackboneConfig:
+        """The ``dcnv2`` backbone's settings."""
+        return BackboneConfig(hidden=self.deep_hidden, cross_layers=self.cross_layers, low_rank=self.low_rank,
+                              cross_experts=self.cross_experts, structure=self.structure, dropout=self.dropout,
+                              act=self.act)
+
 
 @register("dcnv2", paper="Wang et al., WWW 2021")
 class DCNv2(MDMTModel):
     """Cross network + deep MLP (stacked or parallel) and one tower per task.
 
     Shapes: ``x_0`` ``[B, d]`` -> ``h`` ``[B, H]`` (``H = deep_hidden[-1]`` stacked,
-    ``d + deep_hidden[-1]`` parallel) -> towers ``[B, T, 1]`` -> logits ``{t: [B]}``.
+    ``d + deep_hidden[-1]`` parallel) -> towers -> logits ``{t: [B]}``.
     """
 
     config_class = DCNv2Config
@@ -76,14 +83,12 @@ class DCNv2(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: DCNv2Config) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.body = DCNv2Backbone(
-            embeddings.input_dim, cfg.deep_hidden, cfg.cross_layers, cfg.low_rank, cfg.cross_experts,
-            cfg.structure, cfg.dropout, cfg.act,
-        )
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.backbone = build_backbone("dcnv2", embeddings, cfg.backbone(), cfg.norm)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
+        self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x0 = self.embeddings.flat_input(batch)  # x_0: [B, d]
-        h = self.body(x0)  # cross layers and deep MLP, stacked or parallel: [B, H]
-        z = self.towers(h)[..., 0]  # per-task towers: [B, T]
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        pooled = self.embeddings.pooled(batch)
+        h = self.backbone.embed(batch, self.embeddings, pooled)  # cross layers on x_0 and deep MLP: [B, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
+        return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # per-task towers

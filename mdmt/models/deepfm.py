@@ -19,6 +19,10 @@ and the dense features get their first-order weights in the same layer.
 The FM part reads :meth:`EmbeddingCollection.stacked`, so every table must share one dim
 (sequences enter as their mean-pooled embedding, dense features only the linear and deep parts).
 
+Composition: the ``deepfm`` backbone (:class:`~mdmt.models.backbones.DeepFMBackbone`, the DNN
+bottom ⊕ the FM bi-interaction vector ``½((Σ_i v_i)² − Σ_i v_i²)``, whose sum is the pairwise
+term) -> ``shared`` block over the DNN part -> head (plain towers, the per-task DNN heads).
+
 Example::
 
     model = build_model("deepfm", spec, feature_map, {"dnn_hidden": [64], "tower_hidden": [32]})
@@ -34,27 +38,25 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, ParallelMLP, fm_bi_interaction
-from ..schema import DatasetSpec, StrictModel
-from .backbones import field_dim
+from ..schema import DatasetSpec
+from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import SharedBlock
+from .compose import HeadedConfig
+from .heads import build_head, reads_shared_input
 
 __all__ = ["DeepFMConfig", "DeepFM"]
 
 
-class DeepFMConfig(StrictModel):
-    """Config of ``deepfm``.
+class DeepFMConfig(HeadedConfig):
+    """Config of ``deepfm``: the fields of :class:`~mdmt.models.compose.HeadedConfig` (head, tower
+    widths = each task's DNN head, dropout, act, norm), plus:
 
     Attributes:
         dnn_hidden: widths of the shared DNN bottom.
-        tower_hidden: hidden widths of each task's DNN head (a final Linear -> 1 follows).
-        dropout, act: of the hidden layers.
     """
 
     dnn_hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
 
 
 @register("deepfm", paper="Guo et al., IJCAI 2017")
@@ -71,16 +73,20 @@ class DeepFM(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: DeepFMConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        field_dim(embeddings, "deepfm")  # FM needs one embedding dim: fail at build time, clearly
         self.linear = nn.Linear(embeddings.input_dim, 1)  # <w, x> + w_0
-        self.dnn = MLP(embeddings.input_dim, cfg.dnn_hidden, dropout=cfg.dropout, act=cfg.act)
-        self.towers = ParallelMLP(self.dnn.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        deep = BackboneConfig(hidden=cfg.dnn_hidden, dropout=cfg.dropout, act=cfg.act)
+        self.backbone = build_backbone("deepfm", embeddings, deep, cfg.norm)  # DNN ⊕ FM vector
+        self.deep_dim = self.backbone.deep.out_dim
+        self.block = SharedBlock(self.deep_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
+        self.head = build_head(cfg.head, self.deep_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = self.embeddings.flat_input(batch)  # [B, input_dim]
-        v = self.embeddings.stacked(batch)  # [B, F, d]
+        e = self.embeddings.pooled(batch)  # one lookup for both views
+        x = self.embeddings.flat_input(batch, pooled=e)  # [B, input_dim]
+        v = self.embeddings.stacked(batch, pooled=e)  # [B, F, d]
+        h = self.backbone(x, v)  # shared DNN bottom a^(L) ⊕ ½((Σ v_i)² − Σ v_i²): [B, H + d]
         y_first = self.linear(x)  # first order <w, x> + w_0: [B, 1]
-        y_pair = fm_bi_interaction(v).sum(-1, keepdim=True)  # Σ_{i<j} <v_i, v_j>: [B, 1]
-        y_dnn = self.towers(self.dnn(x))[..., 0]  # shared DNN bottom, per-task heads: [B, T]
-        z = y_first + y_pair + y_dnn  # logit_t = y_FM + y_DNN_t
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        y_pair = h[:, self.deep_dim :].sum(-1, keepdim=True)  # Σ_{i<j} <v_i, v_j>: [B, 1]
+        z = self.block(h[:, : self.deep_dim], batch.domain)  # every task's DNN head reads a^(L): [B, T, H] ([B, H] for a shared_input head)
+        y_dnn = self.head(z, self.head.gate_input(self.embeddings, batch, e))  # per-task DNN heads: [B, T]
+        return self.output(y_first + y_pair + y_dnn)  # logit_t = y_FM + y_DNN_t

@@ -2,8 +2,10 @@
 
 ``flat_input -> MLP -> one logit per task`` (one linear head with ``T`` outputs). In M3oE's
 "(a)" setting one such model is trained per (domain, task) cell; the trainer's ``cell`` regime
-does that. Each hidden layer is Linear -> LayerNorm -> ReLU, as in M3oE's description of its MLP
-baseline ("a linear operation with a ReLU activation function and layer normalization").
+does that. Each hidden layer is Linear -> norm -> ReLU. M3oE describes its MLP baseline as "a
+linear operation with a ReLU activation function and layer normalization" (``norm: layernorm``);
+the default is ``none``, the one default of every model, so that a bench compares like with like
+(set ``model_defaults: {norm: layernorm}`` in a bench to give every row LayerNorm).
 
 Example::
 
@@ -19,7 +21,7 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation
+from ..layers import MLP, Activation, Norm
 from ..schema import DatasetSpec, StrictModel
 from .base import MDMTModel, ModelOutput, register
 
@@ -31,12 +33,13 @@ class MLPConfig(StrictModel):
 
     Attributes:
         hidden: hidden widths.
-        layer_norm: LayerNorm after each hidden Linear (M3oE's MLP baseline).
+        norm: normalisation after each hidden Linear (``none``, ``layernorm`` as in M3oE's MLP
+            baseline, ``batchnorm``).
         dropout, act: per hidden layer.
     """
 
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32])
-    layer_norm: bool = True
+    norm: Norm = "none"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
 
@@ -56,7 +59,7 @@ class MLPModel(MDMTModel):
         self.cfg = cfg
         self.mlp = MLP(
             embeddings.input_dim, cfg.hidden, out_dim=self.num_tasks, dropout=cfg.dropout, act=cfg.act,
-            layer_norm=cfg.layer_norm,
+            norm=cfg.norm,
         )
 
     def forward(self, batch: Batch) -> ModelOutput:

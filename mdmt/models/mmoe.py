@@ -8,6 +8,9 @@ over the experts and its own tower ``h^k``::
     f^k(x)  = Σ_i g^k(x)_i f_i(x)                   # task k's mixture of experts
     y_k     = h^k(f^k(x))                           # task tower -> logit
 
+Composition: backbone H (``none``) -> ``mmoe`` block (:class:`~mdmt.models.blocks.MMoEBlock`) ->
+head (plain towers).
+
 Example::
 
     model = build_model("mmoe", spec, feature_map, {"num_experts": 4, "expert_hidden": [64]})
@@ -22,33 +25,27 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Gate, ParallelMLP
-from ..schema import DatasetSpec, StrictModel
-from .backbones import BackboneConfig, BackboneKind, build_backbone
+from ..schema import DatasetSpec
+from .backbones import build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import MMoEBlock
+from .compose import CompositionConfig
+from .heads import build_head
 
 __all__ = ["MMoEConfig", "MMoE"]
 
 
-class MMoEConfig(StrictModel):
-    """Config of ``mmoe``.
+class MMoEConfig(CompositionConfig):
+    """Config of ``mmoe``: the fields of :class:`~mdmt.models.compose.CompositionConfig` (backbone
+    ``none`` = the flat input, head, tower widths, dropout, act, norm), plus:
 
     Attributes:
-        backbone: what the experts and gates read (``none`` = the flat input).
-        backbone_params: the backbone's settings.
         num_experts: ``E``.
         expert_hidden: widths of each expert MLP (its output is the last width).
-        tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
-        dropout, act: of the expert and tower hidden layers.
     """
 
-    backbone: BackboneKind = "none"
-    backbone_params: BackboneConfig = BackboneConfig()
     num_experts: PositiveInt = 4
     expert_hidden: list[PositiveInt] = Field(default_factory=lambda: [64], min_length=1)
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
 
 
 @register("mmoe", paper="Ma et al., KDD 2018")
@@ -56,7 +53,7 @@ class MMoE(MDMTModel):
     """Multi-gate Mixture-of-Experts.
 
     Shapes: ``x`` ``[B, H]`` -> experts ``[B, E, He]`` -> gates ``[B, T, E]`` -> mixtures
-    ``[B, T, He]`` -> towers ``[B, T, 1]`` -> logits ``{t: [B]}``.
+    ``[B, T, He]`` -> towers -> logits ``{t: [B]}``.
     """
 
     config_class = MMoEConfig
@@ -65,15 +62,13 @@ class MMoE(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: MMoEConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        d = self.backbone.out_dim
-        self.experts = ParallelMLP(d, cfg.expert_hidden, cfg.num_experts, dropout=cfg.dropout, act=cfg.act)
-        self.gates = Gate(d, cfg.num_experts, num_gates=self.num_tasks)
-        self.towers = ParallelMLP(self.experts.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.block = MMoEBlock(self.backbone.out_dim, self.num_tasks, cfg.num_experts, cfg.expert_hidden,
+                               cfg.dropout, cfg.act, cfg.norm)
+        self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = self.backbone.embed(batch, self.embeddings)  # [B, H]
-        f = self.experts(x)  # expert outputs f_i(x): [B, E, He]
-        mixed = self.gates(x, f)  # f^k(x) = Σ_i softmax(W_gk x)_i f_i(x): [B, T, He]
-        z = self.towers(mixed)[..., 0]  # y_k = h^k(f^k(x)): [B, T]
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        pooled = self.embeddings.pooled(batch)
+        x = self.backbone.embed(batch, self.embeddings, pooled)  # [B, H]
+        mixed = self.block(x, batch.domain)  # f^k(x) = Σ_i softmax(W_gk x)_i f_i(x): [B, T, He]
+        return self.output(self.head(mixed, self.head.gate_input(self.embeddings, batch, pooled)))  # y_k = h^k(f^k(x))

@@ -3,7 +3,9 @@
 Every task reads one shared representation and has its own tower::
 
     h   = H(x)                      # shared bottom: a backbone (MLP by default)
-    y_t = tower_t(h)                # per-task MLP -> 1 logit
+    y_t = tower_t(h)                # per-task tower -> 1 logit
+
+Composition: backbone H -> ``shared`` block -> head (plain towers by default).
 
 Example::
 
@@ -15,40 +17,34 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, PositiveInt
-
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
-from ..schema import DatasetSpec, StrictModel
-from .backbones import BackboneConfig, BackboneKind, build_backbone
+from ..schema import DatasetSpec
+from .backbones import BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import SharedBlock
+from .compose import CompositionConfig
+from .heads import build_head, reads_shared_input
 
 __all__ = ["SharedBottomConfig", "SharedBottom"]
 
 
-class SharedBottomConfig(StrictModel):
-    """Config of ``sharedbottom``.
+class SharedBottomConfig(CompositionConfig):
+    """Config of ``sharedbottom``: the fields of :class:`~mdmt.models.compose.CompositionConfig`
+    (backbone, head, tower widths, dropout, act, norm), with an MLP bottom by default.
 
     Attributes:
         backbone: the shared bottom H (``none``, ``mlp``, ``dcnv2``, ``deepfm``).
-        backbone_params: its settings (default: one hidden layer of 64).
-        tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
-        dropout, act: of the tower hidden layers.
     """
 
     backbone: BackboneKind = "mlp"
-    backbone_params: BackboneConfig = BackboneConfig()
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
 
 
 @register("sharedbottom", paper="Caruana, Machine Learning 1997 (multi-task shared bottom)")
 class SharedBottom(MDMTModel):
     """Shared bottom H and one tower per task.
 
-    Shapes: ``x`` ``[B, input_dim]`` -> ``h`` ``[B, H]`` -> towers ``[B, T, 1]`` -> logits ``{t: [B]}``.
+    Shapes: ``x`` ``[B, input_dim]`` -> ``h`` ``[B, H]`` -> towers ``[B, T]`` -> logits ``{t: [B]}``.
     """
 
     config_class = SharedBottomConfig
@@ -57,10 +53,12 @@ class SharedBottom(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: SharedBottomConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        self.towers = ParallelMLP(self.backbone.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
+        self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        h = self.backbone.embed(batch, self.embeddings)  # shared bottom: [B, H]
-        z = self.towers(h)[..., 0]  # per-task towers: [B, T]
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        pooled = self.embeddings.pooled(batch)
+        h = self.backbone.embed(batch, self.embeddings, pooled)  # shared bottom: [B, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
+        return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # towers: [B, T]

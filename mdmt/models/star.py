@@ -37,7 +37,7 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, PartitionedNorm, StarLinear, activation
+from ..layers import MLP, Activation, Norm, PartitionedNorm, StarLinear, activation, norm_layer
 from ..schema import DatasetSpec, StrictModel
 from .base import MDMTModel, ModelOutput, register
 
@@ -53,6 +53,8 @@ class STARConfig(StrictModel):
         domain_dim: width of the domain-indicator embedding of the auxiliary network.
         pn_eps, pn_momentum: ε and the running-statistics momentum of Partitioned Normalization.
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer, star FCN and auxiliary network (``none``,
+            ``layernorm``, ``batchnorm``).
     """
 
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32])
@@ -62,6 +64,7 @@ class STARConfig(StrictModel):
     pn_momentum: float = Field(default=0.1, gt=0.0, le=1.0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("star", paper="Sheng et al., CIKM 2021")
@@ -85,13 +88,14 @@ class STAR(MDMTModel):
             layers.append(StarLinear(d, h, D))
             d = h
         self.star_layers = nn.ModuleList(layers)
+        self.norms = nn.ModuleList([norm_layer(cfg.norm, h) for h in cfg.hidden])
         self.acts = nn.ModuleList([activation(cfg.act) for _ in cfg.hidden])
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.star_out = StarLinear(d, self.num_tasks, D)  # column t = task t's star output layer
         self.domain_embedding = nn.Embedding(D, cfg.domain_dim)
         nn.init.normal_(self.domain_embedding.weight, std=0.01)
         self.aux = MLP(cfg.domain_dim + embeddings.input_dim, cfg.aux_hidden, out_dim=self.num_tasks,
-                       dropout=cfg.dropout, act=cfg.act)
+                       dropout=cfg.dropout, act=cfg.act, norm=cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         domain = batch.domain
@@ -99,8 +103,9 @@ class STAR(MDMTModel):
         # (1) Partitioned Normalization: (γ·γ_p)(z − μ_p)/sqrt(σ²_p + ε) + (β + β_p)
         x = self.pn(z, domain)
         # (2) star-topology FCN: out_p = φ((W ⊙ W_p)ᵀ in_p + b + b_p), shared by the tasks
-        for layer, act in zip(self.star_layers, self.acts):
-            x = self.dropout(act(layer(x, domain)))
+        #     (with the models' common hidden-layer norm before φ; none by default)
+        for layer, norm, act in zip(self.star_layers, self.norms, self.acts):
+            x = self.dropout(act(norm(layer(x, domain))))
         s_main = self.star_out(x, domain)  # per-task star output layer: [B, T]
         # (3) auxiliary network over the domain indicator ⊕ the input
         s_aux = self.aux(torch.cat([self.domain_embedding(domain), z], dim=-1))  # [B, T]

@@ -252,7 +252,8 @@ def _check_model_builds(cfg: ExperimentConfig, spec: DatasetSpec, fm: FeatureMap
     unit = units[0]
     unit_spec = spec.restrict(tasks=[spec.task_names[t] for t in unit.tasks]) if unit.tasks is not None else spec
     try:
-        build_model(cfg.model.name, unit_spec, fm, cfg.model.params, embedding_init_std=cfg.train.embedding_init_std)
+        build_model(cfg.model.name, unit_spec, fm, cfg.model.params, embedding_init_std=cfg.train.embedding_init_std,
+                    embedding=cfg.model.embedding)
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
@@ -416,7 +417,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
                 unit.skipped = True
                 continue
             model = build_model(cfg.model.name, unit_spec, fm, cfg.model.params,
-                                embedding_init_std=cfg.train.embedding_init_std)
+                                embedding_init_std=cfg.train.embedding_init_std, embedding=cfg.model.embedding)
             groups = None
             if warm is not None:
                 from .warmstart import apply_warm_start
@@ -527,7 +528,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         spec = fm.spec
         if unit.tasks is not None:
             spec = spec.restrict(tasks=[spec.task_names[t] for t in unit.tasks])
-        model = build_model(cfg.model.name, spec, fm, cfg.model.params)
+        model = build_model(cfg.model.name, spec, fm, cfg.model.params, embedding=cfg.model.embedding)
         path = run_dir / "checkpoints" / f"{unit.tag}-best.pt"
         if not path.exists():
             raise CheckpointError(f"{path} is missing: the run did not finish training unit {unit.tag}")
