@@ -134,3 +134,20 @@ def test_live_writers_and_young_foreign_temporaries_are_kept(tmp_path: Path):
     os.utime(old_foreign, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     assert clean_stale_temporaries(tmp_path) == [old_foreign]
     assert mine.is_dir() and foreign.is_dir()
+
+
+def test_data_prepare_rebuilds_a_damaged_cache_and_exits_0(tmp_path: Path, capsys):
+    from mdmt.cli import main
+
+    from .shop import write_project
+
+    project = write_project(tmp_path)
+    exp = project / "exp.yaml"
+    exp.write_text(exp.read_text().replace("data: {source: table,", f"data: {{cache_dir: {tmp_path / 'cache'}, source: table,"))
+    assert main(["data", "prepare", str(exp)]) == 0
+    (cache,) = [p for p in (tmp_path / "cache").iterdir()]
+    (cache / "feature_map.json").write_text("{")
+    capsys.readouterr()
+    assert main(["data", "prepare", str(exp)]) == 0
+    err = capsys.readouterr().err
+    assert "feature_map.json" in err and "rebuilding it" in err and "Traceback" not in err

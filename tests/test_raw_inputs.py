@@ -124,3 +124,11 @@ def test_predict_reads_sequences_as_training_does(tmp_path: Path):
     assert a.height == 400 and a.equals(b)
     assert read_table(project / "new.csv", load(TableConfig(path=str(project / "rows.csv"),
                                                             schema=str(project / "schema.yaml"))).spec)["hist"][300].to_list() == [3, 7, 9]
+
+
+def test_ids_too_long_for_any_integer_type_are_read_as_text(tmp_path: Path):
+    project = write_project(tmp_path)
+    rows = shop_table().with_columns((pl.col("item_id").cast(pl.String) + "9" * 45).alias("item_id"))
+    rows.write_csv(project / "rows.csv")
+    raw = load(TableConfig(path=str(project / "rows.csv"), schema=str(project / "schema.yaml")))
+    assert raw.frame["item_id"].dtype == pl.String and raw.frame["item_id"].n_unique() == shop_table()["item_id"].n_unique()

@@ -285,6 +285,8 @@ def validate(raw: RawData) -> None:
     _check_kinds(frame, spec, source)
     _check_labels(frame, spec, source)
     _encode_domain(frame, spec, source)
+    if spec.split.method == "temporal" and spec.timestamp is None:
+        raise DataError(f"{source}: split method 'temporal' needs the schema's 'timestamp' column")
     if spec.timestamp is not None:
         nulls = frame[spec.timestamp].is_null()
         if nulls.any():
@@ -910,8 +912,14 @@ _DAMAGE = (OSError, ValueError, KeyError, TypeError, pa.ArrowException, DataErro
 
 def _read_cache(path: Path, has_oracle: bool) -> tuple[FeatureMap, dict[str, Batch], dict[str, np.ndarray]]:
     """Read a cache back. Raises one of ``_DAMAGE`` when a file is damaged or rows are missing."""
-    meta = json.loads((path / "meta.json").read_text())
-    fm = FeatureMap.load(path / "feature_map.json")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except _DAMAGE as err:
+        raise ValueError(f"meta.json: {err}") from None
+    try:
+        fm = FeatureMap.load(path / "feature_map.json")
+    except _DAMAGE as err:
+        raise ValueError(f"feature_map.json: {str(err).splitlines()[0]}") from None
     splits: dict[str, Batch] = {}
     oracle: dict[str, np.ndarray] = {}
     for split in SPLITS:
@@ -928,6 +936,18 @@ def _read_cache(path: Path, has_oracle: bool) -> tuple[FeatureMap, dict[str, Bat
         if has_oracle:
             oracle[split] = oracle_from_arrow(table, fm.spec)
     return fm, splits, oracle
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+    """The cache directory exists (or can be made) and is a directory; else a DataError naming it."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} is a file, not a directory; name a directory for the cache")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} cannot be created: {err.strerror or err}") from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} is not writable")
 
 
 def _cache_problem(path: Path, digest: str, code: dict[str, str]) -> str | None:
@@ -990,6 +1010,8 @@ def prepare(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    if cache_dir is not None:
+        _check_cache_dir(Path(cache_dir))
     prog = _Progress(progress, raw.spec.name)
     with prog.stage("validate"):
         validate(raw)

@@ -20,6 +20,7 @@ See ``docs/data.md`` for a complete schema.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -145,10 +146,20 @@ def _read(path: Path, separator: str, spec: DatasetSpec) -> pl.DataFrame:
         if suffix in CSV_SUFFIXES:
             with open(path, "rb") as fh:
                 header = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n").split(separator)
-            overrides = {c: t for c, t in seq_cols.items() if c in [h.strip('"') for h in header]}
+            names = [h.strip('"') for h in header]
+            overrides = {c: t for c, t in seq_cols.items() if c in names}
             # sequence cells are text whatever their first rows hold; other types are inferred
-            # from every row, so a late value never breaks the read
-            return pl.read_csv(path, separator=separator, schema_overrides=overrides, infer_schema_length=None)
+            # from every row, so a late value never breaks the read; an id column too long for
+            # any integer type (beyond Int128) is read again as text
+            ids = {f.raw_column for f in spec.features if f.kind == "sparse"} & set(names)
+            while True:
+                try:
+                    return pl.read_csv(path, separator=separator, schema_overrides=overrides, infer_schema_length=None)
+                except pl.exceptions.ComputeError as err:
+                    hit = re.search(r"could not parse .* at column '([^']+)'", str(err))
+                    if hit is None or hit.group(1) not in ids or hit.group(1) in overrides:
+                        raise
+                    overrides[hit.group(1)] = pl.String
     except DataError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
