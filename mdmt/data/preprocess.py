@@ -285,8 +285,6 @@ def validate(raw: RawData) -> None:
     _check_kinds(frame, spec, source)
     _check_labels(frame, spec, source)
     _encode_domain(frame, spec, source)
-    if spec.split.method == "temporal" and spec.timestamp is None:
-        raise DataError(f"{source}: split method 'temporal' needs the schema's 'timestamp' column")
     if spec.timestamp is not None:
         nulls = frame[spec.timestamp].is_null()
         if nulls.any():
@@ -1010,6 +1008,8 @@ def prepare(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    if raw.spec.split.method == "temporal" and raw.spec.timestamp is None:
+        raise DataError(f"{raw.source}: split method 'temporal' needs the schema's 'timestamp' column")
     if cache_dir is not None:
         _check_cache_dir(Path(cache_dir))
     prog = _Progress(progress, raw.spec.name)
