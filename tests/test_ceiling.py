@@ -39,6 +39,7 @@ def test_generator_form_logits_and_prior_penalty():
     with torch.no_grad():
         m.alpha.copy_(torch.tensor([1.0, -0.5, 0.2]))
         m.beta.copy_(torch.tensor([0.3, 0.0, 1.0]))
+        m.scale.copy_(torch.tensor([[1.0, 2.0, 0.5], [3.0, 1.0, 1.5]]))
     out = m(x)
     # recomputed row by row from the docstring's equations
     for b in range(2):
@@ -51,8 +52,9 @@ def test_generator_form_logits_and_prior_penalty():
         e = ud @ v / 2 + g(m.user_bias, "user")[0] + g(m.item_bias, "item")[0] \
             + m.dom_cat.weight[d * 2 + x["cat"][b]][0] + g(m.hour, "hour")[0]
         for t in range(3):
-            want = (m.alpha[t] * e + m.beta[t] * (ud @ w) / 2 + m.gamma[t] * (ud @ m.proj[t] @ v) / 2
-                    + m.user_task.weight[x["user"][b], t] + m.item_task.weight[x["item"][b], t] + m.offset[d, t])
+            want = m.scale[d, t] * (m.alpha[t] * e + m.beta[t] * (ud @ w) / 2 + m.gamma[t] * (ud @ m.proj[t] @ v) / 2
+                                    + m.user_task.weight[x["user"][b], t] + m.item_task.weight[x["item"][b], t]) \
+                + m.offset[d, t]
             assert torch.allclose(out[b, t], want, atol=1e-5)
     assert m.penalty() > 0
 

@@ -270,7 +270,8 @@ def test_oracle_auc_beats_chance_and_noisy_scores(medium_douyin):
         y = part[t].to_numpy()
         p = part[raw.oracle[t]].to_numpy()
         assert oracle == pytest.approx(roc_auc_score(y, p), abs=1e-9)
-        noisy = np.log(p) - np.log1p(-p) + rng.normal(0.0, 2.0, p.size)
+        logit = np.log(p) - np.log1p(-p)
+        noisy = logit + rng.normal(0.0, logit.std(), p.size)  # noise as large as the signal
         noisy_auc = roc_auc_score(y, noisy)
         noisy_cells.append(noisy_auc)
         if y.sum() >= 200:  # enough positives for a stable per-cell comparison

@@ -16,8 +16,8 @@ The fitted model, per row of user ``u``, item ``i``, domain ``d``, hour ``h`` an
     V_i   = C[cat_i] + 0.4 W[author_i] + Q_i                 (item factors)
     u_d   = U_u M_d + s_d                                    (domain shift)
     E     = <u_d, V_i> / sqrt(k) + b_u + q_i + c[d, cat_i] + e[h]
-    logit = alpha_t E + beta_t <u_d, W[author_i]> / sqrt(k)
-            + gamma_t <u_d P_t, V_i> / sqrt(k) + bu[u, t] + bi[i, t] + o[d, t]
+    logit = s[d, t] (alpha_t E + beta_t <u_d, W[author_i]> / sqrt(k)
+                     + gamma_t <u_d P_t, V_i> / sqrt(k) + bu[u, t] + bi[i, t]) + o[d, t]
 
 with Gaussian priors (L2 penalties) at the generator's scales on the random terms.
 
@@ -88,6 +88,7 @@ class _GeneratorForm(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(n_task))  # the sign (dislike against the rest) is learnt
         self.beta = nn.Parameter(torch.zeros(n_task))
         self.gamma = nn.Parameter(torch.full((n_task,), 0.5))
+        self.scale = nn.Parameter(torch.ones(n_dom, n_task))  # the per-cell signal strength
         self.offset = nn.Parameter(torch.zeros(n_dom, n_task))
         #: (module, prior sd): the L2 penalty of each random term, at the generator's scales
         self.priors = [
@@ -112,10 +113,10 @@ class _GeneratorForm(nn.Module):
         n_task = self.proj.shape[0]
         flat = self.proj.permute(1, 0, 2).reshape(self.k, n_task * self.k)  # [k, T*k]
         specific = ((ud @ flat).view(len(u), n_task, self.k) * v[:, None, :]).sum(-1) / sk
-        return (
+        return self.scale[x["domain"]] * (
             self.alpha * engage[:, None] + self.beta * author_aff[:, None] + self.gamma * specific
-            + self.user_task(x["user"]) + self.item_task(x["item"]) + self.offset[x["domain"]]
-        )  # fmt: skip
+            + self.user_task(x["user"]) + self.item_task(x["item"])
+        ) + self.offset[x["domain"]]  # fmt: skip
 
     def penalty(self) -> torch.Tensor:
         return sum(0.5 * (m.weight**2).sum() / sd**2 for m, sd in self.priors)
