@@ -195,7 +195,6 @@ class Preset:
     days: int
     split_days: tuple[int, int, int]
     epoch: int
-    sequences: tuple[str, ...]
     loadings: dict[str, TaskLoading]
     paper: str
     prehistory_days: int = 14
@@ -239,7 +238,6 @@ PRESETS: dict[str, Preset] = {
         days=14,
         split_days=(10, 2, 2),
         epoch=1727827200,  # 2024-10-02 00:00 UTC (PMTA: October 2-15, 2024)
-        sequences=("like", "headslideleft", "finish"),
         loadings={
             "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
             "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
@@ -258,8 +256,8 @@ PRESETS: dict[str, Preset] = {
         # set by benchmarks/calibrate_synthetic.py at 300k rows: the learnable ceiling near the paper's PLE
         signal=_signal(
             _DOUYIN_TASKS,
-            A=(3.6, 2.0, 3.0, 4.0, 2.2, 1.45),
-            B=(3.6, 2.4, 4.0, 4.0, 2.4, 2.0),
+            A=(3.6, 1.8, 3.0, 3.6, 2.2, 1.27),
+            B=(3.8, 2.0, 4.0, 4.0, 2.1, 2.15),
         ),
     ),
     "kuaishou": Preset(
@@ -291,7 +289,6 @@ PRESETS: dict[str, Preset] = {
         split_days=(10, 1, 1),
         prehistory_days=12,
         epoch=1662854400,  # 2022-09-11 00:00 UTC (PEPNet: September 11-22, 2022)
-        sequences=("like", "click", "effview"),
         loadings={
             "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
             "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
@@ -311,9 +308,9 @@ PRESETS: dict[str, Preset] = {
         baseline_source="PEPNet (KDD 2023), Table 2, PLE",
         signal=_signal(
             _KUAISHOU_TASKS,
-            A=(1.45, 1.3, 2.0, 1.6, 0.7, 0.6),
-            B=(1.55, 1.3, 1.5, 1.1, 0.85, 0.5),
-            C=(1.5, 1.5, 1.4, 0.8, 0.85, 0.6),
+            A=(1.45, 1.6, 1.5, 1.4, 0.82, 0.79),
+            B=(1.55, 1.15, 1.1, 1.4, 0.96, 0.73),
+            C=(1.35, 1.35, 1.1, 1.2, 0.94, 0.78),
         ),
     ),
 }
