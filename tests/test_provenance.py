@@ -92,3 +92,4 @@ def test_bench_recomputes_runs_of_other_code_and_says_so(tmp_path: Path, monkeyp
     redone = run_bench(cfg, progress=False, report=False)
     assert trained == [1] and redone.stale == redone.ran and len(redone.ran) == 1 and redone.skipped == []
     assert "1 of the trained were stale results made by other code, recomputed" in bench_summary(redone)
+

@@ -59,6 +59,7 @@ __all__ = [
     "completed_cells",
     "cell_states",
     "bench_summary",
+    "ceiling_cells",
     "run_bench",
     "machine_description",
     "slugify",
@@ -136,6 +137,11 @@ class BenchConfig(StrictModel):
             heatmap; None draws no heatmap.
         output_dir: where ``cells/``, ``runs/`` and the report go (relative to the working directory).
         reference: optional published/reference figures, rendered in a separate section.
+        learnable_ceiling: for each synthetic data set, fit the generator's functional form on
+            the pre-history window and the train split (:mod:`mdmt.data.ceiling`) and show its test
+            AUC per cell beside the oracle, with each model's gap to it. Costs one fit per data
+            set (cached under ``<output_dir>/ceiling/``, keyed on the data config and the code).
+        ceiling_epochs: passes of that fit.
     """
 
     name: str
@@ -147,6 +153,8 @@ class BenchConfig(StrictModel):
     seesaw_reference: str | None = None
     output_dir: str
     reference: BenchReference | None = None
+    learnable_ceiling: bool = False
+    ceiling_epochs: int = Field(default=6, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "BenchConfig":
@@ -551,11 +559,54 @@ def run_bench(
             results.ran.append(key)
             bar.advance(task)
         bar.update(task, current="done")
+    if cfg.learnable_ceiling:
+        for ds in cfg.datasets:
+            ceiling_cells(cfg, ds, compute=True)
     if report:
         from .report import write_report
 
         results.report = write_report(cfg, results.records)
     return results
+
+
+def ceiling_path(output_dir: str | Path, dataset: str) -> Path:
+    """``<output_dir>/ceiling/<dataset>.json``."""
+    return Path(output_dir) / "ceiling" / f"{dataset}.json"
+
+
+def ceiling_cells(cfg: BenchConfig, dataset: str, *, compute: bool = False) -> dict[str, float]:
+    """The learnable ceiling's test AUC per ``"domain/task"`` cell of a synthetic data set.
+
+    Read from ``<output_dir>/ceiling/<dataset>.json`` when it was made from the same data params,
+    epochs and code; otherwise computed (``compute=True``) and written, or ``{}``. Non-synthetic
+    data sets and benches without ``learnable_ceiling`` give ``{}``.
+    """
+    data = cfg.datasets[dataset]
+    if not cfg.learnable_ceiling or data.source != "synthetic":
+        return {}
+    key = {"params": dict(data.params), "epochs": cfg.ceiling_epochs, "code": code_version(ALL_CODE)}
+    path = ceiling_path(cfg.output_dir, dataset)
+    rec = read_json(path)
+    if rec is not None and rec.get("key") == json.loads(json.dumps(key, default=str)):
+        return dict(rec["auc"])
+    if not compute:
+        return {}
+    from ..data.ceiling import learnable_ceiling
+    from ..data.synthetic import SyntheticConfig
+
+    res = learnable_ceiling(parse_config(dict(data.params), SyntheticConfig, f"bench dataset {dataset!r}"),
+                            epochs=cfg.ceiling_epochs)
+    cells = {f"{d}/{t}": float(v) for (d, t), v in res.auc.items()}
+    write_json_atomic(path, {"key": key, "auc": cells, "train_rows": res.train_rows})
+    return cells
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---- command line -------------------------------------------------------------------------------
