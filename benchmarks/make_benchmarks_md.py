@@ -6,7 +6,9 @@ Inputs (each produced by a command in this repository):
   ``mdmt bench configs/bench/<name>.yaml`` (``output_dir`` in the config);
 * ``benchmarks/results/train_throughput.json`` — written by ``python benchmarks/train_throughput.py``;
 * ``benchmarks/results/loader_speed.json`` and ``metrics_speed.json`` — written by
-  ``python benchmarks/loader_speed.py`` and ``python benchmarks/metrics_speed.py``.
+  ``python benchmarks/loader_speed.py`` and ``python benchmarks/metrics_speed.py``;
+* ``benchmarks/results/calibration_synthetic.md`` — written by
+  ``python benchmarks/calibrate_synthetic.py --out benchmarks/results/calibration_synthetic.md``.
 
 Nothing is re-trained: the tables are rebuilt from the per-run records, so the page always shows
 what those commands measured. Run from the repository root::
@@ -84,6 +86,19 @@ def _speed_sections(loader_json: Path, metrics_json: Path) -> str:
     return "\n".join(parts)
 
 
+def _calibration_section(path: Path) -> str:
+    """The synthetic presets' calibration tables (``calibrate_synthetic.py --out``), under one heading."""
+    if not path.exists():
+        return ""
+    body = path.read_text().splitlines()
+    body = [line for line in body if not line.startswith("# ")]  # its own title
+    body = [("#" + line) if line.startswith("## ") else line for line in body]
+    return "\n".join(
+        ["## Synthetic presets: calibration", "",
+         f"Regenerate: `python benchmarks/calibrate_synthetic.py --out {path.as_posix()}`", "", *body]
+    ).rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benches", nargs="*", default=None,
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = write_benchmarks_md(benches, args.throughput, out=args.out,
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
     extra = _speed_sections(RESULTS / "loader_speed.json", RESULTS / "metrics_speed.json")
+    extra = "\n".join(x for x in (extra, _calibration_section(RESULTS / "calibration_synthetic.md")) if x)
     if extra:
         text = Path(out).read_text()
         cmds = [c for c, f in (("python benchmarks/loader_speed.py", "loader_speed.json"),

@@ -149,14 +149,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError(f"--keep {', '.join(clash)}: the output already has a score column of that name; "
                          "name the score columns apart with --score-prefix (e.g. --score-prefix p_)")
     src = Path(args.input)
-    if not src.is_file():
+    if not src.exists():
         raise UsageError(f"input file {src} not found")
-    if src.suffix in (".parquet", ".pq"):
-        frame = pl.read_parquet(src)
-    else:
-        from .data.table import parse_sequences
+    from .data.table import SEQUENCE_SEPARATOR, read_table
 
-        frame = parse_sequences(pl.read_csv(src, separator=args.separator), run.feature_map.spec)
+    # the reader training uses: sequence columns typed by the schema, not by the first rows
+    params = run.config.data.params if run.config.data.source == "table" else {}
+    frame = read_table(src, run.feature_map.spec, args.separator, params.get("sequence_separator", SEQUENCE_SEPARATOR))
     batch = encode_for_scoring(frame, run.feature_map, source=str(src))
     probs = run.predict(batch)
     cols = {}

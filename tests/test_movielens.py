@@ -128,15 +128,14 @@ def test_m3oe_protocol_orders_by_user(data_dir: Path) -> None:
 # ML-1M (sample)
 # ---------------------------------------------------------------------------------------------
 def test_ml1m_sample(data_dir: Path) -> None:
-    cfg = MovieLensConfig(variant="ml-1m", protocol="m3oe")
-    expected_dir = data_dir / "ml-1m" if (data_dir / "ml-1m" / "ratings.dat").is_file() else data_dir / "ml-1m-sample"
+    cfg = MovieLensConfig(variant="ml-1m-sample", protocol="m3oe")
+    expected_dir = data_dir / "ml-1m-sample"
     assert resolve_path(cfg, data_dir) == expected_dir
     raw = load(cfg, data_dir=data_dir)
     f = raw.frame
     n_lines = sum(1 for line in (expected_dir / "ratings.dat").read_text().splitlines() if line)
-    assert f.height == n_lines
-    if expected_dir.name == "ml-1m-sample":
-        assert f.height == 100_000 and raw.meta["complete"] is False
+    assert f.height == n_lines == 100_000 and raw.meta["complete"] is False
+    assert raw.spec.name == "movielens-1m-sample-m3oe" and "ratings.dat" not in raw.meta["official_sha256_match"]
 
     users = {}
     for line in (expected_dir / "users.dat").read_text(encoding="latin-1").splitlines():
@@ -318,8 +317,27 @@ def test_bad_files_raise_clear_errors(tmp_path: Path) -> None:
 def test_nothing_found_names_the_places_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MDMT_DATA_DIR", raising=False)
     cfg = MovieLensConfig(variant="ml-1m", cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(DataError, match=r"ml-1m-sample.*download"):
+    with pytest.raises(DataError, match=r"empty/ml-1m.*cache/ml-1m.*download"):
         load(cfg, data_dir=tmp_path / "empty")
+
+
+def test_ml1m_never_silently_uses_the_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MDMT_DATA_DIR", raising=False)
+    sample = tmp_path / "data" / "ml-1m-sample"
+    sample.mkdir(parents=True)
+    (sample / "ratings.dat").write_text("1::1::5::100\n")
+    (sample / "users.dat").write_text("1::F::25::10::48067\n")
+    (sample / "movies.dat").write_text("1::Toy Story (1995)::Animation|Comedy\n")
+    cfg = MovieLensConfig(variant="ml-1m", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"ml-1m: only a sample.*variant: ml-1m-sample"):
+        load(cfg, data_dir=tmp_path / "data")
+    raw = load(MovieLensConfig(variant="ml-1m-sample", cache_dir=str(tmp_path / "cache")), data_dir=tmp_path / "data")
+    assert raw.frame.height == 1 and raw.meta["complete"] is False
+    # the sample's files named as ml-1m by path: the count of ratings gives it away
+    with pytest.raises(DataError, match=r"ratings\.dat: 1 ratings, but the complete ML-1M has 1,000,209"):
+        load(MovieLensConfig(variant="ml-1m", path=str(sample)))
+    with pytest.raises(DataError, match="cannot be downloaded"):
+        load(MovieLensConfig(variant="ml-1m-sample", download=True, cache_dir=str(tmp_path / "c2")), data_dir=tmp_path / "x")
 
 
 def test_config_is_strict() -> None:

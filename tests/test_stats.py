@@ -126,3 +126,38 @@ def test_render_and_markdown_show_realised_and_target(synth):
     assert md.count("|---|") == 3  # three tables
     plain = stats_markdown(data_stats(_hand()))
     assert "target" not in plain and "x→y" in plain
+
+
+@pytest.mark.parametrize("keep", [[], ["uid"], ["iid"]])
+def test_without_user_or_item_id_the_sections_are_skipped_with_a_note(keep):
+    hand = _hand()
+    features = [f for f in hand.spec.features if f.name in keep] + [FeatureSpec(name="price", kind="dense")]
+    spec = hand.spec.model_copy(update={"features": features, "group": "uid" if "uid" in keep else None})
+    frame = hand.frame.with_columns(price=pl.lit(1.0)).select([f.name for f in features] + ["scene", "click", "buy"])
+    stats = data_stats(RawData(spec, frame, "hand.csv"))
+    assert stats["per_domain"]["x"]["rows"] == 3 and stats["positive_rate"]["x"]["click"] == pytest.approx(2 / 3)
+    assert (stats["user_overlap"] is None) == ("uid" not in keep)
+    assert (stats["item_overlap"] is None) == ("iid" not in keep)
+    assert len(stats["notes"]) == 2 - len(keep)
+    buf = io.StringIO()
+    render_stats(stats, Console(file=buf, width=200))
+    md = stats_markdown(stats)
+    for text in (buf.getvalue(), md):
+        assert ("Users" in text) == ("uid" in keep) and ("Items" in text) == ("iid" in keep)
+        assert text.count("Note: the schema has no") == 2 - len(keep)
+        assert ("Cross-domain overlap" in text) == bool(keep)
+
+
+def test_data_stats_command_without_ids(tmp_path):
+    from mdmt.cli import main
+
+    (tmp_path / "schema.yaml").write_text(
+        "name: noid\nfeatures: [{name: price, kind: dense}]\ndomain: {column: tab, names: [a, b]}\n"
+        "tasks: [{name: click, label: click}]\n"
+    )
+    (tmp_path / "rows.csv").write_text("price,tab,click\n1.0,a,1\n2.0,b,0\n3.0,a,0\n")
+    (tmp_path / "exp.yaml").write_text(
+        f"data: {{source: table, params: {{path: {tmp_path / 'rows.csv'}, schema: {tmp_path / 'schema.yaml'}}}}}\n"
+        "model: {name: mlp}\n"
+    )
+    assert main(["data", "stats", str(tmp_path / "exp.yaml")]) == 0

@@ -132,17 +132,21 @@ def test_spec_describes_frame(small):
         assert set(frame[t.label].unique().to_list()) <= {0, 1}
         assert small.oracle[t.name] == f"{ORACLE_PREFIX}{t.name}"
         assert frame[small.oracle[t.name]].dtype == pl.Float64
-        assert f"user_{t.name}_rate_prior" in t.related_features
-        assert f"item_{t.name}_ctr_prior" in t.related_features
+        assert t.related_features == [f"user_{t.name}_pre_rate", f"item_{t.name}_pre_rate",
+                                      f"user_{t.name}_rate_prior", f"item_{t.name}_ctr_prior", f"seq_{t.name}"]
     feature_names = {f.name for f in spec.features}
     assert not any(n.startswith(ORACLE_PREFIX) for n in feature_names)
     assert "domain" not in feature_names and "domain" not in spec.domain_features
     assert spec.split.method == "temporal"
     assert spec.split.ratios == pytest.approx((10 / 14, 2 / 14, 2 / 14))
-    assert spec.priors == ["user_id", "item_id", "author_id"]
+    assert spec.priors == ["user_id", "item_id", "author_id", "user_pre_exposures", "item_pre_exposures",
+                           *[f"user_{t}_pre_rate" for t in spec.task_names],
+                           *[f"item_{t}_pre_rate" for t in spec.task_names]]
+    assert spec.domain_features == ["hour", "user_domain_count_prior", "item_domain_count_prior",
+                                    "user_pre_domain_exposures"]
     assert spec.group == "user_id" and spec.timestamp == "timestamp"
     seqs = spec.sequence_features()
-    assert {f.behaviour for f in seqs} == {"like", "headslideleft", "finish"}
+    assert [f.behaviour for f in seqs] == spec.task_names  # one behaviour sequence per action type
     assert all(f.vocab == "item_id" and f.max_len == 20 for f in seqs)
     assert frame["seq_like"].dtype == pl.List(pl.Int64)
     assert frame["timestamp"].is_sorted()
@@ -266,7 +270,8 @@ def test_oracle_auc_beats_chance_and_noisy_scores(medium_douyin):
         y = part[t].to_numpy()
         p = part[raw.oracle[t]].to_numpy()
         assert oracle == pytest.approx(roc_auc_score(y, p), abs=1e-9)
-        noisy = np.log(p) - np.log1p(-p) + rng.normal(0.0, 2.0, p.size)
+        logit = np.log(p) - np.log1p(-p)
+        noisy = logit + rng.normal(0.0, logit.std(), p.size)  # noise as large as the signal
         noisy_auc = roc_auc_score(y, noisy)
         noisy_cells.append(noisy_auc)
         if y.sum() >= 200:  # enough positives for a stable per-cell comparison
@@ -285,3 +290,42 @@ def test_tasks_are_correlated_through_shared_engagement(medium_douyin):
 def test_oracle_auc_needs_oracle(small):
     with pytest.raises(DataError, match="oracle"):
         oracle_auc(RawData(spec=small.spec, frame=small.frame, source="x.csv"))
+
+
+# ---- pre-history window -----------------------------------------------------------------------
+def test_prehistory_statistics_are_static_consistent_and_informative(small):
+    f, tasks = small.frame, small.spec.task_names
+    pre = small.meta["prehistory"]
+    assert pre["days"] == 14 and pre["rows"] == small.frame.height  # as many impressions per day as the log
+    by_user = f.group_by("user_id").agg(
+        [pl.col(c).n_unique() for c in ["user_pre_exposures", *[f"user_{t}_pre_rate" for t in tasks]]]
+    )
+    assert (by_user.drop("user_id") == 1).to_numpy().all()  # one value per user: computed before the log
+    by_item = f.group_by("item_id").agg([pl.col(f"item_{t}_pre_rate").n_unique() for t in tasks])
+    assert (by_item.drop("item_id") == 1).to_numpy().all()
+    per_dom = f.group_by("user_id", "domain").agg(pl.col("user_pre_domain_exposures").first(),
+                                                  pl.col("user_pre_exposures").first())
+    assert (per_dom["user_pre_domain_exposures"] <= per_dom["user_pre_exposures"]).all()
+    # the smoothed rate of an entity never seen before the log is the prior
+    k, prior = pre["prior_strength"], small.meta["prior_rates"]
+    unseen = f.filter(pl.col("item_pre_exposures") == 0)
+    for t in tasks:
+        assert np.allclose(unseen[f"item_{t}_pre_rate"].to_numpy(), prior[t])
+    # noisy estimates of the true propensities: per item, the pre-history rate tracks the oracle
+    items = f.group_by("item_id").agg(pl.col("item_like_pre_rate").first(), pl.col("__oracle_like").mean(),
+                                      pl.col("item_pre_exposures").first())
+    items = items.filter(pl.col("item_pre_exposures") >= 50)
+    assert np.corrcoef(items["item_like_pre_rate"], items["__oracle_like"])[0, 1] > 0.5
+    users = f.group_by("user_id").agg(pl.col("user_finish_pre_rate").first(), pl.col("__oracle_finish").mean())
+    assert np.corrcoef(users["user_finish_pre_rate"], users["__oracle_finish"])[0, 1] > 0.5
+
+
+def test_prehistory_can_be_switched_off():
+    raw = generate(SyntheticConfig(rows=2_000, prehistory_days=0, sequences=["like"]))
+    assert not any("_pre_" in c for c in raw.frame.columns)
+    assert not any("_pre_" in f for f in raw.spec.priors + raw.spec.domain_features)
+    like = {t.name: t for t in raw.spec.tasks}["like"]
+    assert like.related_features == ["user_like_rate_prior", "item_like_ctr_prior", "seq_like"]
+    assert [f.name for f in raw.spec.sequence_features()] == ["seq_like"]
+    with pytest.raises(ConfigError, match="prehistory_days"):
+        generate(SyntheticConfig(rows=2_000, prehistory_days=-1))

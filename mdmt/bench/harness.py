@@ -3,8 +3,9 @@
 :func:`run_bench` trains every (dataset, label, seed) run of a :class:`BenchConfig` and writes
 each finished run as its own JSON file under ``<output_dir>/cells/`` (a temporary file renamed into
 place, so a file is either complete or absent). Re-running the same config skips every run whose
-file exists and whose configuration fingerprint still matches, so an interrupted grid resumes
-where it stopped. After the grid, :func:`mdmt.bench.report.write_report` turns the run files into
+file exists, whose configuration fingerprint still matches and which the same code made (the
+package version plus a hash of its source, :mod:`mdmt.provenance`), so an interrupted grid resumes
+where it stopped and a result of older code is recomputed, never silently reused. After the grid, :func:`mdmt.bench.report.write_report` turns the run files into
 ``results.json``, ``results.parquet``, ``results.md`` and the seesaw heatmap.
 
 Example::
@@ -40,6 +41,7 @@ from pydantic import Field, model_validator
 
 from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, deep_merge, read_yaml_with_base
 from ..embeddings import EmbeddingConfig
+from ..provenance import ALL_CODE, code_version
 from ..schema import ConfigError, StrictModel, parse_config
 
 __all__ = [
@@ -58,6 +60,9 @@ __all__ = [
     "read_cell",
     "write_json_atomic",
     "completed_cells",
+    "cell_states",
+    "bench_summary",
+    "ceiling_cells",
     "run_bench",
     "machine_description",
     "slugify",
@@ -143,6 +148,11 @@ class BenchConfig(StrictModel):
             heatmap; None draws no heatmap.
         output_dir: where ``cells/``, ``runs/`` and the report go (relative to the working directory).
         reference: optional published/reference figures, rendered in a separate section.
+        learnable_ceiling: for each synthetic data set, fit the generator's functional form on
+            the pre-history window and the train split (:mod:`mdmt.data.ceiling`) and show its test
+            AUC per cell beside the oracle, with each model's gap to it. Costs one fit per data
+            set (cached under ``<output_dir>/ceiling/``, keyed on the data config and the code).
+        ceiling_epochs: passes of that fit.
     """
 
     name: str
@@ -156,6 +166,8 @@ class BenchConfig(StrictModel):
     seesaw_reference: str | None = None
     output_dir: str
     reference: BenchReference | None = None
+    learnable_ceiling: bool = False
+    ceiling_epochs: int = Field(default=6, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "BenchConfig":
@@ -327,14 +339,32 @@ def read_cell(path: str | Path) -> dict[str, Any] | None:
     return rec
 
 
-def completed_cells(cfg: BenchConfig) -> dict[CellKey, dict[str, Any]]:
-    """Runs of the grid whose record exists and whose fingerprint matches the current config."""
-    done: dict[CellKey, dict[str, Any]] = {}
+def cell_states(cfg: BenchConfig) -> dict[CellKey, tuple[str, dict[str, Any] | None]]:
+    """The state of every run of the grid, with its record when there is one.
+
+    ``"done"``: a record with the current config's fingerprint, made by the current code;
+    ``"stale"``: the same config, but made by other code (another package version or source);
+    ``"changed"``: a record of another configuration; ``"new"``: no (readable) record.
+    """
+    code = code_version(ALL_CODE)
+    out: dict[CellKey, tuple[str, dict[str, Any] | None]] = {}
     for key in grid_keys(cfg):
         rec = read_cell(cell_path(cfg.output_dir, key))
-        if rec is not None and rec.get("fingerprint") == fingerprint(cell_experiment(cfg, key)):
-            done[key] = rec
-    return done
+        if rec is None:
+            out[key] = ("new", None)
+        elif rec.get("fingerprint") != fingerprint(cell_experiment(cfg, key)):
+            out[key] = ("changed", rec)
+        elif rec.get("code") != code:
+            out[key] = ("stale", rec)
+        else:
+            out[key] = ("done", rec)
+    return out
+
+
+def completed_cells(cfg: BenchConfig) -> dict[CellKey, dict[str, Any]]:
+    """Runs of the grid whose record exists, whose fingerprint matches the current config and
+    which the current code made (:func:`mdmt.provenance.code_version` of the whole package)."""
+    return {k: rec for k, (state, rec) in cell_states(cfg).items() if state == "done" and rec is not None}
 
 
 def machine_description() -> dict[str, Any]:
@@ -401,7 +431,9 @@ class BenchResults:
         config: the bench config.
         output_dir: where everything was written.
         records: ``{CellKey: run record}`` for every finished run of the grid.
-        ran: runs trained in this call; skipped: runs found finished and reused.
+        ran: runs trained in this call; skipped: runs found finished and reused (same
+            configuration, same code); stale: runs whose record was made by other code and that
+            were therefore trained again (a subset of ``ran`` once the call finishes).
         report: ``{artifact: path}`` written by the report (empty when ``report=False``).
     """
 
@@ -410,6 +442,7 @@ class BenchResults:
     records: dict[CellKey, dict[str, Any]]
     ran: list[CellKey] = field(default_factory=list)
     skipped: list[CellKey] = field(default_factory=list)
+    stale: list[CellKey] = field(default_factory=list)
     report: dict[str, Path] = field(default_factory=dict)
 
 
@@ -426,6 +459,12 @@ def _validate_models(cfg: BenchConfig) -> None:
             raise ConfigError(f"bench {cfg.name!r}, entry {e.label!r}: {err}") from None
 
 
+def _code_text(code: dict[str, str] | None) -> str:
+    if not code:
+        return "unrecorded code"
+    return f"mdmt {code.get('mdmt', '?')}, code {code.get('code', '?')}"
+
+
 def _record(
     cfg: BenchConfig, key: CellKey, exp: ExperimentConfig, result: Any, seconds: float, machine: dict[str, Any]
 ) -> dict[str, Any]:
@@ -439,6 +478,7 @@ def _record(
         "regime": entry.regime,
         "seed": key.seed,
         "fingerprint": fingerprint(exp),
+        "code": code_version(ALL_CODE),
         "experiment": exp.model_dump(mode="json"),
         "valid": result.valid.to_dict(),
         "test": result.test.to_dict(),
@@ -488,7 +528,9 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     _validate_models(cfg)
     keys = grid_keys(cfg)
-    done = completed_cells(cfg) if resume else {}
+    states = cell_states(cfg)
+    done = {k: rec for k, (st, rec) in states.items() if st == "done" and rec is not None} if resume else {}
+    stale = [k for k, (st, _) in states.items() if st == "stale"] if resume else []
     todo = [k for k in keys if k not in done]
     if config_path is not None:
         config_path = _display_path(config_path)
@@ -504,7 +546,16 @@ def run_bench(
             "started_at": old_meta.get("started_at") if done else datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    results = BenchResults(config=cfg, output_dir=out, records=dict(done), skipped=[k for k in keys if k in done])
+    results = BenchResults(
+        config=cfg, output_dir=out, records=dict(done), skipped=[k for k in keys if k in done], stale=stale
+    )
+    if stale and progress:
+        old = states[stale[0]][1] or {}
+        print(
+            f"bench {cfg.name}: {len(stale)} finished run(s) were made by other code "
+            f"({_code_text(old.get('code'))}; now {_code_text(code_version(ALL_CODE))}): training them again",
+            file=sys.stderr,
+        )
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -538,6 +589,9 @@ def run_bench(
             results.ran.append(key)
             bar.advance(task)
         bar.update(task, current="done")
+    if cfg.learnable_ceiling:
+        for ds in cfg.datasets:
+            ceiling_cells(cfg, ds, compute=True)
     if report:
         from .report import write_report
 
@@ -545,7 +599,57 @@ def run_bench(
     return results
 
 
+def ceiling_path(output_dir: str | Path, dataset: str) -> Path:
+    """``<output_dir>/ceiling/<dataset>.json``."""
+    return Path(output_dir) / "ceiling" / f"{dataset}.json"
+
+
+def ceiling_cells(cfg: BenchConfig, dataset: str, *, compute: bool = False) -> dict[str, float]:
+    """The learnable ceiling's test AUC per ``"domain/task"`` cell of a synthetic data set.
+
+    Read from ``<output_dir>/ceiling/<dataset>.json`` when it was made from the same data params,
+    epochs and code; otherwise computed (``compute=True``) and written, or ``{}``. Non-synthetic
+    data sets and benches without ``learnable_ceiling`` give ``{}``.
+    """
+    data = cfg.datasets[dataset]
+    if not cfg.learnable_ceiling or data.source != "synthetic":
+        return {}
+    key = {"params": dict(data.params), "epochs": cfg.ceiling_epochs, "code": code_version(ALL_CODE)}
+    path = ceiling_path(cfg.output_dir, dataset)
+    rec = read_json(path)
+    if rec is not None and rec.get("key") == json.loads(json.dumps(key, default=str)):
+        return dict(rec["auc"])
+    if not compute:
+        return {}
+    from ..data.ceiling import learnable_ceiling
+    from ..data.synthetic import SyntheticConfig
+
+    res = learnable_ceiling(parse_config(dict(data.params), SyntheticConfig, f"bench dataset {dataset!r}"),
+                            epochs=cfg.ceiling_epochs)
+    cells = {f"{d}/{t}": float(v) for (d, t), v in res.auc.items()}
+    write_json_atomic(path, {"key": key, "auc": cells, "train_rows": res.train_rows})
+    return cells
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # ---- command line -------------------------------------------------------------------------------
+
+
+def bench_summary(res: BenchResults) -> str:
+    """One line: how many runs were trained, reused (same config and code) and recomputed (other code)."""
+    line = f"bench {res.config.name}: {len(res.ran)} run(s) trained, {len(res.skipped)} reused"
+    if res.skipped:
+        line += f" (same config and code: {_code_text(code_version(ALL_CODE))}) from {Path(res.config.output_dir) / 'cells'}"
+    if res.stale:
+        line += f"; {len(res.stale)} of the trained were stale results made by other code, recomputed"
+    return line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -581,7 +685,7 @@ def run_cli(args: argparse.Namespace) -> int:
             config_path=args.config,
             progress=not quiet,
         )
-        print(f"bench {cfg.name}: {len(res.ran)} run(s) trained, {len(res.skipped)} reused from {Path(cfg.output_dir) / 'cells'}")
+        print(bench_summary(res))
         paths = res.report
     for p in paths.values():
         print(f"wrote {p}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .harness import BenchConfig, BenchReference, CellKey, machine_line, read_cell, write_json_atomic
+from .harness import BenchConfig, BenchReference, CellKey, ceiling_cells, machine_line, read_cell, write_json_atomic
 
 __all__ = [
     "Stat",
@@ -177,6 +177,8 @@ class DatasetSummary:
     baseline: str
     oracle: dict[str, float] = field(default_factory=dict)
     oracle_avg: float | None = None
+    #: the learnable ceiling's AUC per cell (:mod:`mdmt.data.ceiling`); empty when not computed
+    ceiling: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     positives: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
@@ -477,6 +479,9 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
     if not wide:
         header += ll_cols
     header += ["Avg LogLoss ↓"]
+    ceiling_avg = _nanmean([s.ceiling[c] for c in s.cells if c in s.ceiling]) if s.ceiling else None
+    if ceiling_avg is not None:
+        header += ["Ceiling gap ↓"]
     if has_oracle:
         header += ["Oracle gap ↓"]
     header += ["Train samples/s", "Train s"]
@@ -489,10 +494,18 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         if not wide:
             r += [val(m.cell_logloss.get(c), m.label in best_ll[c], mark=False) for c in s.cells]
         r += [val(m.avg_logloss, m.label in best_avg_ll)]
+        if ceiling_avg is not None:
+            r += [_pct(ceiling_avg - m.avg_auc.mean)]
         if has_oracle:
             gap = oracle_avg - m.avg_auc.mean if oracle_avg is not None else float("nan")
             r += [_pct(gap)]
         r += [_fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
+        rows.append(r)
+    if ceiling_avg is not None:
+        r = ["*Learnable ceiling (generator's form fitted)*", "—"]
+        r += [_pct(s.ceiling.get(c)) for c in s.cells]
+        r += [_pct(ceiling_avg), "—", "—"]
+        r += ["—"] * (len(header) - len(r))
         rows.append(r)
     if has_oracle:
         r = ["*Oracle (true probabilities)*", "—"]
@@ -524,6 +537,10 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         rows_g = [[name(m), *[val(m.cell_gauc.get(c), m.label in best_gauc[c]) for c in s.cells],
                    val(m.avg_gauc, m.label in best_avg_gauc)] for m in s.models]
         out.append(_table(["Model", *gauc_cols, "Avg GAUC ↑"], rows_g))
+    if ceiling_avg is not None:
+        out += ["", "The learnable-ceiling row fits the generator's own functional form on the pre-history window "
+                "and the train split (mdmt.data.ceiling): what is learnable from this data. Ceiling gap = its Avg "
+                "AUC − the model's Avg AUC."]
     if has_oracle:
         out += ["", "The oracle row scores every row with the generator's true probability: the ceiling no model "
                 "can beat. Oracle gap = oracle Avg AUC − the model's Avg AUC."]
@@ -721,12 +738,16 @@ def write_report(
     paths: dict[str, Path] = {}
     rows = result_rows(recs)
     summaries = summarize(recs, cfg.baseline, "test", labels)
+    for ds, s_ in summaries.items():
+        if ds in cfg.datasets:
+            s_.ceiling = ceiling_cells(cfg, ds)
     summary_json = {
         ds: {
             "cells": s.cells,
             "baseline": s.baseline,
             "oracle": s.oracle,
             "oracle_avg": s.oracle_avg,
+            "learnable_ceiling": s.ceiling,
             "models": [
                 {
                     "label": m.label,

@@ -1,5 +1,8 @@
 """MovieLens-100K / MovieLens-1M in the official GroupLens file formats.
 
+Variants: ``ml-100k``, ``ml-1m`` (the complete 1,000,209 ratings; a copy with fewer is an error)
+and ``ml-1m-sample`` (the ML-1M files with a random sample of the ratings, named as such).
+
 Files read:
 
 * ML-100K: ``u.data`` (``user \\t item \\t rating \\t timestamp``), ``u.user``
@@ -97,11 +100,11 @@ class MovieLensConfig(StrictModel):
     """Parameters of the MovieLens source (``data.params`` of an experiment).
 
     Attributes:
-        variant: ``ml-100k`` or ``ml-1m``.
+        variant: ``ml-100k``, ``ml-1m`` (the complete 1,000,209 ratings) or ``ml-1m-sample``
+            (the ML-1M files with a random sample of the ratings; never used in place of ``ml-1m``).
         protocol: ``m3oe`` (ordered by user, cut by position) or ``temporal`` (cut by time, with
             leak-free history features).
-        path: directory holding the official files. Default: ``<data_dir>/<variant>`` and, for
-            ``ml-1m``, ``<data_dir>/ml-1m-sample`` when ``<data_dir>/ml-1m`` is absent, then
+        path: directory holding the official files. Default: ``<data_dir>/<variant>``, then
             ``<cache_dir>/<variant>``; ``data_dir`` is the ``load`` argument or ``MDMT_DATA_DIR``.
         download: when no directory is found, download the official archive into ``cache_dir``.
         cache_dir: download cache (``~`` expanded).
@@ -111,7 +114,7 @@ class MovieLensConfig(StrictModel):
         prior_strength: ``k`` of the smoothed per-task rates (``temporal``).
     """
 
-    variant: Literal["ml-100k", "ml-1m"] = "ml-100k"
+    variant: Literal["ml-100k", "ml-1m", "ml-1m-sample"] = "ml-100k"
     protocol: Literal["m3oe", "temporal"] = "m3oe"
     path: str | None = None
     download: bool = False
@@ -227,7 +230,7 @@ def read_movielens(directory: str | Path, variant: str) -> tuple[pl.DataFrame, p
     directory = Path(directory)
     if variant == "ml-100k":
         ratings, users, movies = _read_ml100k(directory)
-    elif variant == "ml-1m":
+    elif variant in ("ml-1m", "ml-1m-sample"):
         ratings, users, movies = _read_ml1m(directory)
     else:
         raise DataError(f"unknown MovieLens variant {variant!r}")
@@ -330,13 +333,18 @@ def build_spec(variant: str, protocol: str, *, seq_len: int = 10, min_count: int
     )
 
 
+def _official(variant: str) -> str:
+    """The official release a variant's files follow (``ml-1m-sample`` -> ``ml-1m``)."""
+    return "ml-1m" if variant == "ml-1m-sample" else variant
+
+
 def resolve_path(cfg: MovieLensConfig, data_dir: str | Path | None = None) -> Path:
     """The directory holding the official files of ``cfg.variant`` (see :class:`MovieLensConfig`).
 
     Raises:
         DataError: nothing found and ``download`` is off; the message lists the places tried.
     """
-    needed = MOVIELENS_FILES[cfg.variant]
+    needed = MOVIELENS_FILES[_official(cfg.variant)]
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
         missing = [str(path / n) for n in needed if not (path / n).is_file()]
@@ -347,14 +355,25 @@ def resolve_path(cfg: MovieLensConfig, data_dir: str | Path | None = None) -> Pa
     candidates: list[Path] = []
     if root:
         candidates.append(Path(root).expanduser() / cfg.variant)
-        if cfg.variant == "ml-1m":
-            candidates.append(Path(root).expanduser() / "ml-1m-sample")
     candidates.append(Path(cfg.cache_dir).expanduser() / cfg.variant)
     for cand in candidates:
         if all((cand / n).is_file() for n in needed):
             return cand
     if cfg.download:
+        if cfg.variant == "ml-1m-sample":
+            raise DataError(
+                "MovieLens ml-1m-sample: the sample is not distributed by GroupLens, so it cannot be downloaded; "
+                "use variant 'ml-1m' with 'download: true' for the complete data set"
+            )
         return fetch_movielens(cfg.variant, cfg.cache_dir, url=cfg.url)
+    if cfg.variant == "ml-1m" and root:
+        sample = Path(root).expanduser() / "ml-1m-sample"
+        if all((sample / n).is_file() for n in needed):
+            raise DataError(
+                f"MovieLens ml-1m: only a sample of its ratings is present ({sample}), not the complete "
+                f"{ML1M_RATINGS:,} ratings (tried {[str(c) for c in candidates]}); set 'variant: ml-1m-sample' "
+                "to use the sample, or provide the complete files ('path', MDMT_DATA_DIR/ml-1m or 'download: true')"
+            )
     raise DataError(
         f"MovieLens {cfg.variant}: no directory with {needed} found (tried {[str(c) for c in candidates]}); "
         "set 'path', the MDMT_DATA_DIR environment variable, or 'download: true'"
@@ -376,11 +395,19 @@ def load(cfg: MovieLensConfig, data_dir: str | Path | None = None) -> RawData:
     """
     path = resolve_path(cfg, data_dir)
     ratings, users, movies = read_movielens(path, cfg.variant)
-    files = list(MOVIELENS_FILES[cfg.variant])
+    if cfg.variant == "ml-1m" and ratings.height != ML1M_RATINGS:
+        raise DataError(
+            f"{path / 'ratings.dat'}: {ratings.height:,} ratings, but the complete ML-1M has {ML1M_RATINGS:,}; "
+            "this is a sample or a damaged copy: set 'variant: ml-1m-sample' to use it as a sample"
+        )
+    files = list(MOVIELENS_FILES[_official(cfg.variant)])
     if cfg.variant == "ml-100k" and (path / "u.genre").is_file():
         files.append("u.genre")
     digests = {name: sha256_file(path / name) for name in files}
-    pinned = MOVIELENS_FILE_SHA256[cfg.variant]
+    pinned = {
+        n: d for n, d in MOVIELENS_FILE_SHA256[_official(cfg.variant)].items()
+        if not (cfg.variant == "ml-1m-sample" and n == "ratings.dat")
+    }  # fmt: skip
     ratings_file = path / files[0]
     frame = build_frame(
         ratings, users, movies, variant=cfg.variant, protocol=cfg.protocol,
@@ -399,6 +426,6 @@ def load(cfg: MovieLensConfig, data_dir: str | Path | None = None) -> RawData:
         "movies": int(frame["movie_id"].n_unique()),
         "domain_rows": {d: int(domain_rows.get(d, 0)) for d in AGE_DOMAINS},
     }
-    if cfg.variant == "ml-1m":
+    if cfg.variant != "ml-100k":
         meta["complete"] = frame.height == ML1M_RATINGS
     return RawData(spec=spec, frame=frame, source=str(path), meta=meta)

@@ -29,6 +29,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ import torch
 
 from ..batch import Batch
 from ..featuremap import FIRST_ID, OOV, DenseStats, FeatureMap
+from ..provenance import DATA_CODE, code_version
 from ..schema import DatasetSpec, FeatureSpec
 from .base import DataError, RawData
 
@@ -51,6 +54,7 @@ __all__ = [
     "SPLITS",
     "validate",
     "split_frame",
+    "timestamp_key",
     "fit_feature_map",
     "encode",
     "encode_for_scoring",
@@ -59,6 +63,7 @@ __all__ = [
     "batch_from_arrow",
     "oracle_from_arrow",
     "shard_paths",
+    "clean_stale_temporaries",
 ]
 
 SPLITS = ("train", "valid", "test")
@@ -286,6 +291,7 @@ def validate(raw: RawData) -> None:
             raise DataError(
                 f"{source}: timestamp column {spec.timestamp!r} is null at row {int(nulls.arg_true()[0])} (0-based)"
             )
+        timestamp_key(frame[spec.timestamp], source)
     if spec.split.method == "column":
         col = spec.split.column
         assert col is not None
@@ -296,6 +302,44 @@ def validate(raw: RawData) -> None:
             raise DataError(
                 f"{source}: split column {col!r} row {idx} (0-based) holds {val!r}; expected one of {list(SPLITS)}"
             )
+
+
+def timestamp_key(s: pl.Series, source: str = "<frame>") -> pl.Series:
+    """Timestamps as values that sort in time order.
+
+    Numbers, dates and datetimes are returned as they are. Text is never sorted as text (``"10"``
+    sorts before ``"9"``, ``"1/2/2024"`` before ``"12/1/2023"``): text holding numbers becomes
+    numbers, text holding ISO-8601 dates or datetimes (``2024-01-31``, ``2024-01-31 12:00:00``) in
+    one format becomes datetimes. Other text (ambiguous day/month orders included) is rejected.
+
+    Raises:
+        DataError: text that is neither, naming the column, the first unparsable row and its value.
+    """
+    if not s.dtype == pl.String:
+        if s.dtype.is_numeric() or s.dtype.is_temporal():
+            return s
+        raise DataError(f"{source}: timestamp column {s.name!r} holds {s.dtype}; expected numbers, dates or datetimes")
+    text = s.str.strip_chars()
+    for dtype in (pl.Int64, pl.Float64):
+        num = text.cast(dtype, strict=False)
+        if num.null_count() == s.null_count():
+            return num
+    iso = text.str.contains(r"^\d{4}-\d{2}-\d{2}").fill_null(True)
+    if iso.all():  # only ISO-8601: day/month orders such as 1/2/2024 are ambiguous
+        for parse in (lambda t: t.str.to_datetime(strict=True, time_unit="us"), lambda t: t.str.to_date(strict=True)):
+            try:
+                return parse(text)
+            except (pl.exceptions.PolarsError, ValueError):
+                pass
+        bad = text.str.to_datetime(strict=False, time_unit="us").is_null() & s.is_not_null()
+    else:
+        bad = ~iso
+    row = int(bad.arg_true()[0]) if bad.any() else 0
+    raise DataError(
+        f"{source}: timestamp column {s.name!r} holds text that is neither numbers nor ISO-8601 "
+        f"dates/times in one format (row {row} (0-based): {s[row]!r}); sorting it as text would put rows out of time order. "
+        f"Store numbers (e.g. Unix seconds) or ISO-8601 dates such as '2024-01-31 12:00:00'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +379,10 @@ def split_frame(raw: RawData) -> dict[str, pl.DataFrame]:
         elif sp.method == "temporal":
             if spec.timestamp is None:
                 raise DataError(f"{source}: split method 'temporal' needs the schema's 'timestamp' column")
-            ordered = frame.sort(spec.timestamp, maintain_order=True)
-            ts = ordered[spec.timestamp].to_physical().to_numpy()
+            key = timestamp_key(frame[spec.timestamp], source).alias("__ts_key")
+            ordered = frame.with_columns(key).sort("__ts_key", maintain_order=True)
+            ts = ordered["__ts_key"].to_physical().to_numpy()
+            ordered = ordered.drop("__ts_key")
             c1, c2 = _cuts(n, sp.ratios)
             # ties go to the earlier split: move each cut past the run of its last timestamp
             if 0 < c1 < n:
@@ -434,6 +480,11 @@ def fit_feature_map(train: pl.DataFrame, spec: DatasetSpec) -> FeatureMap:
 # ---------------------------------------------------------------------------------------------
 # encoding
 # ---------------------------------------------------------------------------------------------
+#: integer types whose every value fits Int64; ids of other types (UInt64, Int128 read from a CSV
+#: of ids beyond Int64) are looked up as text, so they are never truncated or overflow
+_INT64_SAFE = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
 class _VocabIndex:
     """Vectorised raw id -> index lookup for one vocabulary (built once, applied to many columns)."""
 
@@ -453,7 +504,7 @@ class _VocabIndex:
 
     def __call__(self, s: pl.Series) -> pl.Series:
         """Raw ids -> Int64 indices; unseen and null ids -> OOV."""
-        if s.dtype.is_integer() and s.dtype != pl.UInt64:
+        if s.dtype in _INT64_SAFE:
             old, new = self._int_keys()
             s = s.cast(pl.Int64)
         else:
@@ -759,6 +810,53 @@ class _Progress:
             self.console.log(f"{self.name}: {label} [dim]({dt:.2f}s)[/]")
 
 
+def _notice(message: str) -> None:
+    """A line on standard error that the user should see even without progress output."""
+    print(f"mdmt: {message}", file=sys.stderr)
+
+
+#: an unfinished write's directory: ``.<cache name>.tmp-<host>-<pid>``
+_TMP_MARK = ".tmp-"
+#: an unfinished write whose process cannot be checked (another host) is removed after this long
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temporaries(cache_dir: Path) -> list[Path]:
+    """Remove the temporary directories of cache writes that were killed before they finished.
+
+    A directory ``.<name>.tmp-<host>-<pid>`` is stale when its process on this host is gone, or,
+    for another host, when it is older than a day. Returns the directories removed.
+    """
+    removed: list[Path] = []
+    host = socket.gethostname()
+    for d in sorted(Path(cache_dir).glob(f".*{_TMP_MARK}*")):
+        if not d.is_dir():
+            continue
+        owner = d.name.rsplit(_TMP_MARK, 1)[1]
+        o_host, _, o_pid = owner.rpartition("-")
+        try:
+            if o_host == host and o_pid.isdigit():
+                stale = int(o_pid) != os.getpid() and not _pid_alive(int(o_pid))
+            else:
+                stale = time.time() - d.stat().st_mtime > _STALE_TMP_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def _write_cache(
     final: Path,
     fm: FeatureMap,
@@ -767,61 +865,120 @@ def _write_cache(
     meta: dict,
     shard_rows: int,
 ) -> None:
-    """Write the cache into a temporary directory, then rename it into place (atomic)."""
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    """Write the cache into a temporary directory, then rename it into place (atomic).
+
+    An exception (or Ctrl-C) during the write removes the temporary directory; after a kill that
+    leaves no chance to clean up, :func:`clean_stale_temporaries` removes it on the next run.
+    """
+    tmp = final.parent / f".{final.name}{_TMP_MARK}{socket.gethostname()}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shards: dict[str, list[str]] = {}
-    for split, batch in splits.items():
-        (tmp / split).mkdir()
-        shards[split] = []
-        n = len(batch)
-        for k, start in enumerate(range(0, max(n, 1), shard_rows)):
-            stop = min(start + shard_rows, n)
-            part = batch.slice(start, stop)
-            orc = oracle[split][start:stop] if split in oracle else None
-            rel = f"{split}/part-{k:05d}.parquet"
-            pq.write_table(batch_to_arrow(part, fm, orc), tmp / rel, row_group_size=ROW_GROUP_ROWS)
-            shards[split].append(rel)
-    fm.save(tmp / "feature_map.json")
-    meta = dict(meta, shards=shards, complete=True)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    if _cache_valid(final, meta["hash"]):  # another process (e.g. another DDP rank) finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if final.exists():  # a stale, incomplete directory
-        shutil.rmtree(final, ignore_errors=True)
     try:
-        tmp.rename(final)
-    except OSError:  # another process won the race; its cache is equivalent
+        shards: dict[str, list[str]] = {}
+        for split, batch in splits.items():
+            (tmp / split).mkdir()
+            shards[split] = []
+            n = len(batch)
+            for k, start in enumerate(range(0, max(n, 1), shard_rows)):
+                stop = min(start + shard_rows, n)
+                part = batch.slice(start, stop)
+                orc = oracle[split][start:stop] if split in oracle else None
+                rel = f"{split}/part-{k:05d}.parquet"
+                pq.write_table(batch_to_arrow(part, fm, orc), tmp / rel, row_group_size=ROW_GROUP_ROWS)
+                shards[split].append(rel)
+        fm.save(tmp / "feature_map.json")
+        meta = dict(meta, shards=shards, complete=True)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        if _cache_problem(final, meta["hash"], meta["code"]) is None:  # another process (a DDP rank) finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if final.exists():  # a stale, incomplete or damaged directory
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process won the race; its cache is equivalent
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+#: what reading a damaged cache can raise
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, pa.ArrowException, DataError)
 
 
 def _read_cache(path: Path, has_oracle: bool) -> tuple[FeatureMap, dict[str, Batch], dict[str, np.ndarray]]:
-    fm = FeatureMap.load(path / "feature_map.json")
+    """Read a cache back. Raises one of ``_DAMAGE`` when a file is damaged or rows are missing."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except _DAMAGE as err:
+        raise ValueError(f"meta.json: {err}") from None
+    try:
+        fm = FeatureMap.load(path / "feature_map.json")
+    except _DAMAGE as err:
+        raise ValueError(f"feature_map.json: {str(err).splitlines()[0]}") from None
     splits: dict[str, Batch] = {}
     oracle: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        files = shard_paths(path, split)
-        table = pa.concat_tables([pq.read_table(f) for f in files])
+        tables = []
+        for rel in meta["shards"][split]:
+            try:
+                tables.append(pq.read_table(path / rel))
+            except _DAMAGE as err:
+                raise ValueError(f"{rel}: {err}") from None
+        table = pa.concat_tables(tables)
+        if table.num_rows != int(meta["rows"][split]):
+            raise ValueError(f"{split} shards hold {table.num_rows} rows, meta.json says {meta['rows'][split]}")
         splits[split] = batch_from_arrow(table, fm)
         if has_oracle:
             oracle[split] = oracle_from_arrow(table, fm.spec)
     return fm, splits, oracle
 
 
-def _cache_valid(path: Path, digest: str) -> bool:
+def _check_cache_dir(cache_dir: Path) -> None:
+    """The cache directory exists (or can be made) and is a directory; else a DataError naming it."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} is a file, not a directory; name a directory for the cache")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} cannot be created: {err.strerror or err}") from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise DataError(f"data.cache_dir {str(cache_dir)!r} is not writable")
+
+
+def _cache_problem(path: Path, digest: str, code: dict[str, str]) -> str | None:
+    """None when ``path`` holds a complete cache of ``digest`` made by ``code``; else why not
+    (``""`` when there is no cache at all)."""
     meta_path = path / "meta.json"
-    if not meta_path.is_file() or not (path / "feature_map.json").is_file():
-        return False
+    if not path.exists():
+        return ""
+    if not meta_path.is_file():
+        return "it is incomplete (no meta.json)"
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if not meta.get("complete") or meta.get("hash") != digest:
-        return False
-    return all((path / rel).is_file() for files in meta.get("shards", {}).values() for rel in files)
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        return f"its meta.json is unreadable ({err})"
+    if not meta.get("complete"):
+        return "it is incomplete"
+    if meta.get("hash") != digest:
+        return "it holds other input"
+    if meta.get("code") != code:
+        old = meta.get("code") or {}
+        return (
+            f"it was made by other code (mdmt {old.get('mdmt', '?')}, code {old.get('code', '?')}; "
+            f"now mdmt {code['mdmt']}, code {code['code']})"
+        )
+    if not (path / "feature_map.json").is_file():
+        return "feature_map.json is missing"
+    for files in meta.get("shards", {}).values():
+        for rel in files:
+            if not (path / rel).is_file():
+                return f"shard {rel} is missing"
+    return None
 
 
 def prepare(
@@ -837,7 +994,11 @@ def prepare(
     Parquet shards of ``shard_rows`` rows plus ``feature_map.json`` and ``meta.json``. The hash
     covers the input frame (row hashes, shape, columns and types) and the schema, so an unchanged
     input reuses the cache (tensors are read back from the shards, nothing is refitted) and a
-    changed input or schema writes a new one.
+    changed input or schema writes a new one. The cache also records the code that wrote it
+    (:func:`mdmt.provenance.code_version` of the data code): a cache made by other code, an
+    incomplete one, or one with a damaged shard, ``feature_map.json`` or ``meta.json`` is rebuilt
+    in place, with a message on standard error. Temporary directories left by a killed write are
+    removed (:func:`clean_stale_temporaries`).
 
     Args:
         raw: rows + schema from a source.
@@ -847,20 +1008,35 @@ def prepare(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    if raw.spec.split.method == "temporal" and raw.spec.timestamp is None:
+        raise DataError(f"{raw.source}: split method 'temporal' needs the schema's 'timestamp' column")
+    if cache_dir is not None:
+        _check_cache_dir(Path(cache_dir))
     prog = _Progress(progress, raw.spec.name)
     with prog.stage("validate"):
         validate(raw)
     has_oracle = bool(raw.oracle)
     cache_path: Path | None = None
     digest = ""
+    code = code_version(DATA_CODE)
     if cache_dir is not None:
         with prog.stage("fingerprint"):
             digest = fingerprint(raw, shard_rows)
         cache_path = Path(cache_dir) / f"{raw.spec.name}-{digest[:16]}"
-        if _cache_valid(cache_path, digest):
-            with prog.stage(f"load cache {cache_path}"):
-                fm, splits, oracle = _read_cache(cache_path, has_oracle)
-            return PreparedData(fm, splits, oracle, cache_path, raw.source)
+        if Path(cache_dir).is_dir():
+            for d in clean_stale_temporaries(Path(cache_dir)):
+                _notice(f"removed {d}, the remains of a cache write that was interrupted")
+        problem = _cache_problem(cache_path, digest, code)
+        if problem is None:
+            try:
+                with prog.stage(f"load cache {cache_path}"):
+                    fm, splits, oracle = _read_cache(cache_path, has_oracle)
+                return PreparedData(fm, splits, oracle, cache_path, raw.source)
+            except _DAMAGE as err:
+                problem = f"it is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        if problem:
+            _notice(f"data cache {cache_path}: {problem}; rebuilding it")
+            shutil.rmtree(cache_path, ignore_errors=True)
     with prog.stage("split"):
         frames = split_frame(raw)
     with prog.stage("fit feature map (train only)"):
@@ -880,6 +1056,7 @@ def prepare(
                 "source": raw.source,
                 "hash": digest,
                 "format": CACHE_FORMAT,
+                "code": code,
                 "rows": fm.num_rows,
                 "oracle_tasks": sorted(raw.oracle),
                 "source_meta": raw.meta,

@@ -34,8 +34,8 @@ from .base import DataError, RawData
 __all__ = ["data_stats", "render_stats", "stats_markdown"]
 
 
-def _pick_column(spec: DatasetSpec, source: str, explicit: str | None, prefer: str | None) -> str:
-    """The raw column holding the user (or item) id."""
+def _pick_column(spec: DatasetSpec, source: str, explicit: str | None, prefer: str | None) -> str | None:
+    """The raw column holding the user (or item) id, or None when the schema has none."""
     if explicit is not None:
         return explicit
     if prefer is not None:
@@ -43,7 +43,7 @@ def _pick_column(spec: DatasetSpec, source: str, explicit: str | None, prefer: s
     for f in spec.features:
         if f.kind == "sparse" and f.source == source:
             return f.raw_column
-    raise DataError(f"schema {spec.name!r}: no sparse {source} feature to identify {source}s; pass {source}_col")
+    return None
 
 
 def _domain_expr(spec: DatasetSpec) -> pl.Expr:
@@ -78,7 +78,8 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
     Args:
         raw: the data.
         user_col / item_col: raw id columns; default the schema's ``group`` (else its first sparse
-            user feature) and its first sparse item feature.
+            user feature) and its first sparse item feature. Without one, user (item) counts and
+            overlaps are ``None`` and a note says why.
 
     Returns:
         A JSON-serialisable dict (fractions, not percent)::
@@ -88,8 +89,9 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
              "per_domain": {d: {"rows", "share", "users", "items"}},
              "positive_rate": {d: {task: rate or NaN}},
              "observed": {d: {task: labelled rows}},
-             "user_overlap": {x: {y: share of x's users also in y}},
-             "item_overlap": {x: {y: ...}},
+             "user_overlap": {x: {y: share of x's users also in y}},   # None without a user id
+             "item_overlap": {x: {y: ...}},                             # None without an item id
+             "notes": [why a section is skipped, ...],
              "targets": {"positive_rate": ..., "user_overlap": ..., "item_overlap": ...,
                          "title": ...}   # only when raw.meta has targets
             }
@@ -100,13 +102,20 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
     spec, frame = raw.spec, raw.frame
     ucol = _pick_column(spec, "user", user_col, spec.group if user_col is None else None)
     icol = _pick_column(spec, "item", item_col, None)
+    ids = [c for c in (ucol, icol) if c is not None]
+    notes = [
+        f"the schema has no {kind} id (a sparse feature with source: {kind}, or the group), so {kind} counts "
+        f"and {kind} overlap are skipped"
+        for kind, col in (("user", ucol), ("item", icol))
+        if col is None
+    ]
     labels = [t.label for t in spec.tasks]
-    for c in [ucol, icol, spec.domain.column, *labels]:
+    for c in [*ids, spec.domain.column, *labels]:
         if c not in frame.columns:
             raise DataError(f"{raw.source}: column {c!r} is missing")
     names = spec.domain_names
     f = frame.lazy().select(
-        _domain_expr(spec).alias("__domain"), pl.col(ucol), pl.col(icol), *[pl.col(c) for c in labels]
+        _domain_expr(spec).alias("__domain"), *[pl.col(c) for c in ids], *[pl.col(c) for c in labels]
     ).collect()
     bad = f.filter(pl.col("__domain").is_null() | ~pl.col("__domain").is_in(names))
     if bad.height:
@@ -120,8 +129,8 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
 
     per = f.group_by("__domain").agg(
         pl.len().alias("rows"),
-        pl.col(ucol).n_unique().alias("users"),
-        pl.col(icol).n_unique().alias("items"),
+        *([pl.col(ucol).n_unique().alias("users")] if ucol else []),
+        *([pl.col(icol).n_unique().alias("items")] if icol else []),
         *[pl.col(c).cast(pl.Float64).mean().alias(f"rate::{c}") for c in labels],
         *[pl.col(c).is_not_null().sum().alias(f"obs::{c}") for c in labels],
     )
@@ -134,8 +143,8 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
         per_domain[d] = {
             "rows": rows,
             "share": rows / total if total else math.nan,
-            "users": int(r["users"]) if r else 0,
-            "items": int(r["items"]) if r else 0,
+            "users": (int(r["users"]) if r else 0) if ucol else None,
+            "items": (int(r["items"]) if r else 0) if icol else None,
         }
         rates[d], observed[d] = {}, {}
         for t in spec.tasks:
@@ -143,8 +152,6 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
             rates[d][t.name] = float(v) if v is not None else math.nan
             observed[d][t.name] = int(r[f"obs::{t.label}"]) if r else 0
 
-    user_pairs = f.select("__domain", ucol).unique()
-    item_pairs = f.select("__domain", icol).unique()
     out: dict[str, Any] = {
         "name": spec.name,
         "source": raw.source,
@@ -154,8 +161,9 @@ def data_stats(raw: RawData, *, user_col: str | None = None, item_col: str | Non
         "per_domain": per_domain,
         "positive_rate": rates,
         "observed": observed,
-        "user_overlap": _overlap(user_pairs, ucol, names),
-        "item_overlap": _overlap(item_pairs, icol, names),
+        "user_overlap": _overlap(f.select("__domain", ucol).unique(), ucol, names) if ucol else None,
+        "item_overlap": _overlap(f.select("__domain", icol).unique(), icol, names) if icol else None,
+        "notes": notes,
     }
     meta = raw.meta or {}
     if "targets" in meta:
@@ -191,8 +199,8 @@ def _tables(stats: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         f"Basic statistics: {stats['name']} ({stats['rows']:,} rows)",
         ["", *names],
         [
-            ["Users", *[f"{pd[d]['users']:,}" for d in names]],
-            ["Items", *[f"{pd[d]['items']:,}" for d in names]],
+            *([["Users", *[f"{pd[d]['users']:,}" for d in names]]] if stats.get("user_overlap") is not None else []),
+            *([["Items", *[f"{pd[d]['items']:,}" for d in names]]] if stats.get("item_overlap") is not None else []),
             ["Instances", *[f"{pd[d]['rows']:,}" for d in names]],
             ["Instance share", *[_pct(pd[d]["share"], 1) for d in names]],
         ],
@@ -210,22 +218,23 @@ def _tables(stats: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         sparsity_rows.append(row)
     title = "Task sparsity (positive rate)" + (f" vs {targets['title']}" if targets and targets.get("title") else "")
     sparsity = (title, header, sparsity_rows)
-    ov_header = ["Pair", "Users realised", *(["Users target"] if targets else []), "Items realised",
-                 *(["Items target"] if targets else [])]
+    kinds = [(k, label) for k, label in (("user", "Users"), ("item", "Items")) if stats.get(f"{k}_overlap") is not None]
+    ov_header = ["Pair"]
+    for _, label in kinds:
+        ov_header += [f"{label} realised", *([f"{label} target"] if targets else [])]
     ov_rows = []
     for x in names:
         for y in names:
             if x == y:
                 continue
-            row = [f"{x}→{y}", _pct(stats["user_overlap"][x][y], 1)]
-            if targets:
-                row.append(_pct(_target(targets, "user_overlap", x, y), 1))
-            row.append(_pct(stats["item_overlap"][x][y], 1))
-            if targets:
-                row.append(_pct(_target(targets, "item_overlap", x, y), 1))
+            row = [f"{x}→{y}"]
+            for k, _ in kinds:
+                row.append(_pct(stats[f"{k}_overlap"][x][y], 1))
+                if targets:
+                    row.append(_pct(_target(targets, f"{k}_overlap", x, y), 1))
             ov_rows.append(row)
     overlap = ("Cross-domain overlap (x→y: share of x's users / items also in y)", ov_header, ov_rows)
-    return [basic, sparsity, overlap] if len(names) > 1 else [basic, sparsity]
+    return [basic, sparsity, overlap] if len(names) > 1 and kinds else [basic, sparsity]
 
 
 def render_stats(stats: dict[str, Any], console: Any = None) -> None:
@@ -246,6 +255,8 @@ def render_stats(stats: dict[str, Any], console: Any = None) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    for note in stats.get("notes", []):
+        console.print(f"Note: {note}.")
 
 
 def stats_markdown(stats: dict[str, Any]) -> str:
@@ -256,4 +267,5 @@ def stats_markdown(stats: dict[str, Any]) -> str:
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         parts.append("\n".join(lines))
+    parts += [f"Note: {note}." for note in stats.get("notes", [])]
     return "\n\n".join(parts) + "\n"

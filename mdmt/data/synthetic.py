@@ -44,18 +44,30 @@ Generative process
 
    ``alpha_t`` is positive for engagement behaviours (like, finish...) and negative for
    ``dislike`` / ``hate``, so those are anti-correlated with the rest.
+4b. **Signal strength.** The whole logit of cell (d, t) is multiplied by ``Preset.signal[d][t]``
+   (default 1): the knob that sets how separable a cell is, so its achievable AUC.
 5. **Calibration.** For each (domain, task) one uniform draw ``U`` per row decides the label:
    ``y = 1`` iff ``U < sigmoid(logit_t)``. The offset ``offset[d, t]`` is chosen (a quantile of
    ``logit(U) - logit_t`` over the domain's rows) so that exactly ``round(rate * rows)`` labels
    are positive: the realised positive rate equals the published one up to one row. The offset
    is one constant per cell, fitted on the same draws, which couples it to the noise by
    ``O(1 / sqrt(positives))`` in logit: negligible for the oracle.
+5b. **Pre-history window.** Before the first logged day, ``prehistory_days`` more days of
+   impressions (as many per day as the log) are simulated with the same process: domain shares,
+   member users by activity, member items by popularity, the calibrated task model. Only their
+   counts are kept, as static features of every row: ``user_pre_exposures``,
+   ``item_pre_exposures``, ``user_pre_domain_exposures`` (the user's impressions in the row's
+   domain) and, per task ``t``, the smoothed rates ``user_<t>_pre_rate`` / ``item_<t>_pre_rate``
+   ``= (positives + K p_t) / (exposures + K)`` (``K = prior_strength``). They are noisy
+   estimates of each entity's true propensities, the long-term statistics industrial rankers
+   read: the schema declares them as ``priors`` (PEPNet's PPNet), the rates as the tasks'
+   ``related_features`` (PMTA's TPE) and the per-domain exposures as a ``domain_feature``.
 6. **Oracle.** ``__oracle_<task> = sigmoid(logit_t)`` is the true probability of each label
    (registered in :attr:`RawData.oracle`, never a feature).
 7. **History features** (:func:`mdmt.data.history.add_history_features`): per-task user and
    item positive rates, impression counts and behaviour sequences, computed from events strictly
    **before** the row's timestamp (rows sharing a timestamp never see each other), so no label
-   leaks into a feature.
+   leaks into a feature. One behaviour sequence ``seq_<t>`` per action type by default.
 
 Example::
 
@@ -87,6 +99,7 @@ __all__ = [
     "TaskLoading",
     "PRESETS",
     "generate",
+    "prehistory_log",
     "oracle_auc",
     "ORACLE_PREFIX",
 ]
@@ -119,8 +132,14 @@ class SyntheticConfig(StrictModel):
         factor_dim: width ``k`` of the latent user / item / author factors.
         seed: all randomness derives from it: the same seed gives an identical frame.
         days: time span of the log; ``None`` is the paper's (14 for douyin, 12 for kuaishou).
-        sequences: behaviours (task names) with a ``seq_<task>`` sequence feature; ``None`` is the
-            preset's default (douyin: like, headslideleft, finish; kuaishou: like, click, effview).
+        sequences: behaviours (task names) with a ``seq_<task>`` sequence feature; ``None`` is
+            every task (one behaviour sequence per action type).
+        prehistory_days: length of the window before the first logged day from which the static
+            per-user / per-item statistics (``*_pre_*`` features) are computed; the window holds
+            as many impressions per day as the log. 0 switches the pre-history off. ``None`` is
+            the preset's (as long as the log: 14 days for douyin, 12 for kuaishou).
+        prior_strength: pseudo-impressions ``K`` of the smoothed pre-history rates
+            ``(positives + K p_t) / (exposures + K)``.
     """
 
     preset: Literal["douyin", "kuaishou"] = "douyin"
@@ -132,6 +151,8 @@ class SyntheticConfig(StrictModel):
     seed: int = 0
     days: int | None = None
     sequences: list[str] | None = None
+    prehistory_days: int | None = None
+    prior_strength: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -174,13 +195,22 @@ class Preset:
     days: int
     split_days: tuple[int, int, int]
     epoch: int
-    sequences: tuple[str, ...]
     loadings: dict[str, TaskLoading]
     paper: str
+    prehistory_days: int = 14
+    #: a strong baseline's published test AUC per (domain, task): the calibration target
+    baseline_auc: dict[str, dict[str, float]] | None = None
+    baseline_source: str = ""
+    #: per (domain, task) multiplier of the logit before calibration (step 4b): the signal strength
+    signal: dict[str, dict[str, float]] | None = None
 
 
 def _rates(tasks: tuple[str, ...], **per_domain: tuple[float, ...]) -> dict[str, dict[str, float]]:
     return {d: {t: r / 100.0 for t, r in zip(tasks, v, strict=True)} for d, v in per_domain.items()}
+
+
+def _signal(tasks: tuple[str, ...], **per_domain: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    return {d: dict(zip(tasks, v, strict=True)) for d, v in per_domain.items()}
 
 
 _DOUYIN_TASKS = ("like", "follow", "comment", "dislike", "headslideleft", "finish")
@@ -208,7 +238,6 @@ PRESETS: dict[str, Preset] = {
         days=14,
         split_days=(10, 2, 2),
         epoch=1727827200,  # 2024-10-02 00:00 UTC (PMTA: October 2-15, 2024)
-        sequences=("like", "headslideleft", "finish"),
         loadings={
             "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
             "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
@@ -218,6 +247,18 @@ PRESETS: dict[str, Preset] = {
             "finish": TaskLoading(0.8, 0.0, 0.3, 0.3, 0.8),
         },
         paper="PMTA (CIKM 2025), Table 3",
+        baseline_auc=_rates(
+            _DOUYIN_TASKS,
+            A=(96.05, 96.06, 98.13, 94.41, 90.80, 78.33),
+            B=(95.65, 94.72, 98.53, 94.45, 91.12, 87.15),
+        ),
+        baseline_source="PMTA (CIKM 2025), Table 1, PLE",
+        # set by benchmarks/calibrate_synthetic.py at 300k rows: the learnable ceiling near the paper's PLE
+        signal=_signal(
+            _DOUYIN_TASKS,
+            A=(3.6, 1.8, 3.0, 3.6, 2.2, 1.27),
+            B=(3.8, 2.0, 4.0, 4.0, 2.1, 2.15),
+        ),
     ),
     "kuaishou": Preset(
         name="kuaishou",
@@ -246,8 +287,8 @@ PRESETS: dict[str, Preset] = {
         triple=0.5,
         days=12,
         split_days=(10, 1, 1),
+        prehistory_days=12,
         epoch=1662854400,  # 2022-09-11 00:00 UTC (PEPNet: September 11-22, 2022)
-        sequences=("like", "click", "effview"),
         loadings={
             "like": TaskLoading(1.0, 0.3, 0.5, 0.5, 0.5),
             "follow": TaskLoading(0.5, 1.0, 0.4, 0.5, 0.4),
@@ -257,6 +298,20 @@ PRESETS: dict[str, Preset] = {
             "effview": TaskLoading(0.8, 0.0, 0.3, 0.3, 0.8),
         },
         paper="PEPNet (KDD 2023), Table 1",
+        # domain A's row is read from a poorly extracted table; B and C are clean
+        baseline_auc=_rates(
+            _KUAISHOU_TASKS,
+            A=(87.36, 79.91, 77.73, 76.74, 69.31, 70.06),
+            B=(89.05, 86.77, 76.25, 83.26, 71.57, 70.33),
+            C=(90.18, 86.51, 77.23, 85.07, 72.46, 71.55),
+        ),
+        baseline_source="PEPNet (KDD 2023), Table 2, PLE",
+        signal=_signal(
+            _KUAISHOU_TASKS,
+            A=(1.45, 1.6, 1.5, 1.4, 0.82, 0.79),
+            B=(1.55, 1.15, 1.1, 1.4, 0.96, 0.73),
+            C=(1.35, 1.35, 1.1, 1.2, 0.94, 0.78),
+        ),
     ),
 }
 
@@ -374,6 +429,104 @@ def _add_history(
     return out.select(*frame.columns, *rename.values())
 
 
+@dataclass
+class _PreHistory:
+    """Counts over the pre-history window: ``[U]`` / ``[I]`` exposures, ``[U, T]`` / ``[I, T]``
+    positives and ``[U, D]`` exposures per domain."""
+
+    rows: int
+    user_exposures: np.ndarray
+    user_positives: np.ndarray
+    item_exposures: np.ndarray
+    item_positives: np.ndarray
+    user_domain_exposures: np.ndarray
+    log: dict[str, np.ndarray] | None = None
+
+
+def _prehistory(
+    *,
+    n_pre: int,
+    rows_per_dom: np.ndarray,
+    user_member: np.ndarray,
+    item_member: np.ndarray,
+    activity: np.ndarray,
+    popularity: np.ndarray,
+    n_users: int,
+    n_items: int,
+    offsets: np.ndarray,
+    task_logits,
+    rng: np.random.Generator,
+    keep: bool = False,
+) -> _PreHistory:
+    """Simulate ``n_pre`` impressions before the first logged day with the log's own process
+    (domain shares, member users by activity, member items by popularity, the calibrated task
+    model) and count exposures and positives per user and per item. Only the counts are kept."""
+    n_dom, n_task = offsets.shape
+    counts = _round_counts(rows_per_dom, n_pre) if n_pre > 0 else np.zeros(n_dom, dtype=np.int64)
+    user = np.empty(n_pre, dtype=np.int64)
+    item = np.empty(n_pre, dtype=np.int64)
+    dom = np.repeat(np.arange(n_dom, dtype=np.int64), counts)
+    start = 0
+    for j in range(n_dom):
+        c = int(counts[j])
+        um, im = np.flatnonzero(user_member[:, j]), np.flatnonzero(item_member[:, j])
+        user[start : start + c] = rng.choice(um, size=c, p=activity[um] / activity[um].sum())
+        item[start : start + c] = rng.choice(im, size=c, p=popularity[im] / popularity[im].sum())
+        start += c
+    hour = rng.choice(24, size=n_pre, p=_DIURNAL / _DIURNAL.sum())
+    pos_u = np.zeros((n_users, n_task))
+    pos_i = np.zeros((n_items, n_task))
+    kept = np.zeros((n_pre, n_task), dtype=np.int8) if keep else None
+    chunk = 1 << 19  # bounded memory: the logits of half a million rows at a time
+    for lo in range(0, n_pre, chunk):
+        hi = min(lo + chunk, n_pre)
+        p = _sigmoid(task_logits(user[lo:hi], item[lo:hi], dom[lo:hi], hour[lo:hi]) + offsets[dom[lo:hi]])
+        y = rng.random(p.shape) < p
+        if kept is not None:
+            kept[lo:hi] = y
+        for t in range(n_task):
+            pos_u[:, t] += np.bincount(user[lo:hi], weights=y[:, t], minlength=n_users)
+            pos_i[:, t] += np.bincount(item[lo:hi], weights=y[:, t], minlength=n_items)
+    return _PreHistory(
+        rows=n_pre,
+        user_exposures=np.bincount(user, minlength=n_users),
+        user_positives=pos_u,
+        item_exposures=np.bincount(item, minlength=n_items),
+        item_positives=pos_i,
+        user_domain_exposures=np.bincount(user * n_dom + dom, minlength=n_users * n_dom).reshape(n_users, n_dom),
+        log=None if kept is None else {"user": user, "item": item, "domain": dom, "hour": hour, "labels": kept},
+    )
+
+
+def _prehistory_columns(
+    pre: _PreHistory,
+    user: np.ndarray,
+    item: np.ndarray,
+    dom: np.ndarray,
+    tasks: tuple[str, ...],
+    prior: dict[str, float],
+    strength: float,
+) -> list[pl.Series]:
+    """The static pre-history features of each row (rows in the frame's order).
+
+    ``user_pre_exposures`` / ``item_pre_exposures``: impressions in the window;
+    ``user_pre_domain_exposures``: the user's impressions in the row's domain;
+    ``user_<t>_pre_rate`` / ``item_<t>_pre_rate``: ``(positives + K p_t) / (exposures + K)``.
+    """
+    cols = [
+        pl.Series("user_pre_exposures", pre.user_exposures[user], dtype=pl.Int64),
+        pl.Series("item_pre_exposures", pre.item_exposures[item], dtype=pl.Int64),
+        pl.Series("user_pre_domain_exposures", pre.user_domain_exposures[user, dom], dtype=pl.Int64),
+    ]
+    for j, t in enumerate(tasks):
+        ru = (pre.user_positives[:, j] + strength * prior[t]) / (pre.user_exposures + strength)
+        cols.append(pl.Series(f"user_{t}_pre_rate", ru[user], dtype=pl.Float64))
+    for j, t in enumerate(tasks):
+        ri = (pre.item_positives[:, j] + strength * prior[t]) / (pre.item_exposures + strength)
+        cols.append(pl.Series(f"item_{t}_pre_rate", ri[item], dtype=pl.Float64))
+    return cols
+
+
 # --------------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------------
@@ -391,6 +544,10 @@ def _check(cfg: SyntheticConfig, preset: Preset) -> None:
         raise ConfigError(f"{src}: seq_len and factor_dim must be positive")
     if cfg.days is not None and cfg.days < 1:
         raise ConfigError(f"{src}: days must be positive, got {cfg.days}")
+    if cfg.prehistory_days is not None and cfg.prehistory_days < 0:
+        raise ConfigError(f"{src}: prehistory_days must be >= 0, got {cfg.prehistory_days}")
+    if cfg.prior_strength <= 0:
+        raise ConfigError(f"{src}: prior_strength must be positive, got {cfg.prior_strength}")
     users, items = _sizes(cfg)
     if users < len(preset.domains) or items < len(preset.domains):
         raise ConfigError(f"{src}: num_users and num_items must be at least {len(preset.domains)}")
@@ -414,6 +571,25 @@ def generate(cfg: SyntheticConfig) -> RawData:
     Raises:
         ConfigError: sizes that cannot hold the preset (e.g. more members of a domain than rows).
     """
+    return _generate(cfg)[0]
+
+
+def prehistory_log(cfg: SyntheticConfig) -> tuple[RawData, dict[str, np.ndarray]]:
+    """:func:`generate` plus the simulated pre-history impressions and the entities' attributes.
+
+    For references that may see every logged event (:mod:`mdmt.data.ceiling`), never for models.
+
+    Returns:
+        ``(raw, log)``: ``log`` holds ``user``, ``item``, ``domain``, ``hour`` ``[P]`` int64 and
+        ``labels`` ``[P, T]`` int8 of the ``P`` pre-history impressions, plus ``item_author``,
+        ``item_category`` ``[I]`` and ``user_gender``, ``user_age`` ``[U]`` codes.
+    """
+    raw, log = _generate(cfg, keep_prehistory=True)
+    assert log is not None
+    return raw, log
+
+
+def _generate(cfg: SyntheticConfig, keep_prehistory: bool = False) -> tuple[RawData, dict[str, np.ndarray] | None]:
     preset = PRESETS[cfg.preset]
     _check(cfg, preset)
     n_users, n_items = _sizes(cfg)
@@ -421,7 +597,8 @@ def generate(cfg: SyntheticConfig) -> RawData:
     doms, tasks = preset.domains, preset.tasks
     n_dom, n_task = len(doms), len(tasks)
     days = cfg.days if cfg.days is not None else preset.days
-    seq_behaviours = list(cfg.sequences) if cfg.sequences is not None else list(preset.sequences)
+    seq_behaviours = list(cfg.sequences) if cfg.sequences is not None else list(tasks)
+    pre_days = cfg.prehistory_days if cfg.prehistory_days is not None else preset.prehistory_days
     src = f"SyntheticConfig(preset={cfg.preset!r}, rows={n_rows})"
 
     # 1. who is where --------------------------------------------------------------------------
@@ -487,23 +664,36 @@ def generate(cfg: SyntheticConfig) -> RawData:
     hour_eff = 0.2 * np.cos(2 * np.pi * (np.arange(24) - 21) / 24)
 
     # 4. correlated tasks ----------------------------------------------------------------------
-    ud = u_dom[dom, user]  # [N, k]
-    vi = v[item]  # [N, k]
-    engage = (
-        np.einsum("nk,nk->n", ud, vi) / math.sqrt(k)
-        + b_user[user] + q_item[item] + dom_cat[dom, category[item]] + hour_eff[hour]
-    )
-    author_aff = np.einsum("nk,nk->n", ud, w_emb[author[item]]) / math.sqrt(k)
     r = _rng(seed, "tasks")
-    logits = np.empty((n_rows, n_task), dtype=np.float64)
+    proj = np.empty((k, n_task, k))
+    bias_u = np.empty((n_users, n_task))
+    bias_i = np.empty((n_items, n_task))
     for j, t in enumerate(tasks):
         ld = preset.loadings[t]
-        proj = r.normal(0.0, 1.0, (k, k)) / math.sqrt(k)
-        specific = np.einsum("nk,nk->n", ud @ proj, vi) / math.sqrt(k)
-        bu = r.normal(0.0, ld.user_sd, n_users)
-        bi = r.normal(0.0, ld.item_sd, n_items)
-        logits[:, j] = ld.engage * engage + ld.author * author_aff + ld.specific * specific + bu[user] + bi[item]
-    del ud, vi
+        proj[:, j, :] = r.normal(0.0, 1.0, (k, k)) / math.sqrt(k)
+        bias_u[:, j] = r.normal(0.0, ld.user_sd, n_users)
+        bias_i[:, j] = r.normal(0.0, ld.item_sd, n_items)
+    load = {f: np.array([getattr(preset.loadings[t], f) for t in tasks]) for f in ("engage", "author", "specific")}
+    signal = np.array([[(preset.signal or {}).get(d, {}).get(t, 1.0) for t in tasks] for d in doms])  # [D, T]
+    proj_flat = proj.reshape(k, n_task * k)
+    author_v = w_emb[author]  # [I, k]: each item's author factors
+
+    def task_logits(user: np.ndarray, item: np.ndarray, dom: np.ndarray, hour: np.ndarray) -> np.ndarray:
+        """``[n, T]`` logits before calibration (module docstring, step 4), all tasks at once."""
+        ud = u_dom[dom, user]  # [n, k]
+        vi = v[item]  # [n, k]
+        engage = (
+            np.einsum("nk,nk->n", ud, vi) / math.sqrt(k)
+            + b_user[user] + q_item[item] + dom_cat[dom, category[item]] + hour_eff[hour]
+        )  # fmt: skip
+        author_aff = np.einsum("nk,nk->n", ud, author_v[item]) / math.sqrt(k)
+        specific = np.einsum("ntk,nk->nt", (ud @ proj_flat).reshape(len(user), n_task, k), vi) / math.sqrt(k)
+        return signal[dom] * (
+            engage[:, None] * load["engage"] + author_aff[:, None] * load["author"]
+            + specific * load["specific"] + bias_u[user] + bias_i[item]
+        )  # fmt: skip
+
+    logits = task_logits(user, item, dom, hour)
 
     # 5. calibration + labels ------------------------------------------------------------------
     r = _rng(seed, "labels")
@@ -531,6 +721,14 @@ def generate(cfg: SyntheticConfig) -> RawData:
     oracle = _sigmoid(logits)
     del resid, unif, logits
 
+    # 5b. pre-history window: static per-user / per-item statistics -----------------------------
+    pre = _prehistory(
+        n_pre=int(round(n_rows * pre_days / days)), rows_per_dom=rows_per_dom, user_member=user_member,
+        item_member=item_member, activity=activity, popularity=popularity, n_users=n_users, n_items=n_items,
+        offsets=np.array([[offsets[d][t] for t in tasks] for d in doms]), task_logits=task_logits,
+        rng=_rng(seed, "prehistory"), keep=keep_prehistory,
+    )  # fmt: skip
+
     # 6. frame, sorted by time -----------------------------------------------------------------
     order = np.argsort(ts, kind="stable")
     user, item, dom, ts, hour = user[order], item[order], dom[order], ts[order], hour[order]
@@ -552,6 +750,8 @@ def generate(cfg: SyntheticConfig) -> RawData:
     frame = pl.DataFrame(list(cols.values()))
     prior = {t: float(np.mean([preset.rates[d][t] for d in doms])) for t in tasks}
     frame = _add_history(frame, tasks=list(tasks), sequences=seq_behaviours, seq_len=cfg.seq_len, prior_rates=prior)
+    if pre_days > 0:
+        frame = frame.with_columns(_prehistory_columns(pre, user, item, dom, tasks, prior, cfg.prior_strength))
     frame = frame.with_columns(
         [pl.Series(f"{ORACLE_PREFIX}{t}", oracle[:, i], dtype=pl.Float64) for i, t in enumerate(tasks)]
     )
@@ -572,15 +772,20 @@ def generate(cfg: SyntheticConfig) -> RawData:
         "split_days": list(preset.split_days),
         "calibration_offsets": offsets,
         "prior_rates": prior,
+        "prehistory": {"days": pre_days, "rows": pre.rows, "prior_strength": cfg.prior_strength},
         "config": cfg.model_dump(),
     }
-    return RawData(
+    raw = RawData(
         spec=spec,
         frame=frame,
         source=f"synthetic:{preset.name}(rows={n_rows}, seed={seed})",
         oracle={t: f"{ORACLE_PREFIX}{t}" for t in tasks},
         meta=meta,
     )
+    log = None
+    if keep_prehistory:
+        log = dict(pre.log or {}, item_author=author, item_category=category, user_gender=gender, user_age=age)
+    return raw, log
 
 
 def _spec(cfg: SyntheticConfig, preset: Preset, seqs: list[str]) -> DatasetSpec:
@@ -605,11 +810,28 @@ def _spec(cfg: SyntheticConfig, preset: Preset, seqs: list[str]) -> DatasetSpec:
         FeatureSpec(name=f"seq_{b}", kind="sequence", source="user", vocab="item_id", max_len=cfg.seq_len, behaviour=b)
         for b in seqs
     ]
+    pre_on = (cfg.prehistory_days if cfg.prehistory_days is not None else preset.prehistory_days) > 0
+    pre_stats: list[str] = []
+    if pre_on:
+        feats += [
+            FeatureSpec(name="user_pre_exposures", kind="dense", source="user", transform="log_standard"),
+            FeatureSpec(name="item_pre_exposures", kind="dense", source="item", transform="log_standard"),
+            FeatureSpec(name="user_pre_domain_exposures", kind="dense", source="context", transform="log_standard"),
+        ]
+        feats += [FeatureSpec(name=f"user_{t}_pre_rate", kind="dense", source="user") for t in preset.tasks]
+        feats += [FeatureSpec(name=f"item_{t}_pre_rate", kind="dense", source="item") for t in preset.tasks]
+        pre_stats = ["user_pre_exposures", "item_pre_exposures"]
+        pre_stats += [f"user_{t}_pre_rate" for t in preset.tasks] + [f"item_{t}_pre_rate" for t in preset.tasks]
     tasks = [
         TaskSpec(
             name=t,
             label=t,
-            related_features=[f"user_{t}_rate_prior", f"item_{t}_ctr_prior", *([f"seq_{t}"] if t in seqs else [])],
+            related_features=[
+                *([f"user_{t}_pre_rate", f"item_{t}_pre_rate"] if pre_on else []),
+                f"user_{t}_rate_prior",
+                f"item_{t}_ctr_prior",
+                *([f"seq_{t}"] if t in seqs else []),
+            ],
         )
         for t in preset.tasks
     ]
@@ -623,8 +845,10 @@ def _spec(cfg: SyntheticConfig, preset: Preset, seqs: list[str]) -> DatasetSpec:
         group="user_id",
         timestamp="timestamp",
         split=SplitSpec(method="temporal", ratios=(tr / total, va / total, te / total)),
-        priors=["user_id", "item_id", "author_id"],
-        domain_features=["hour", "user_domain_count_prior", "item_domain_count_prior"],
+        priors=["user_id", "item_id", "author_id", *pre_stats],
+        domain_features=[
+            "hour", "user_domain_count_prior", "item_domain_count_prior", *(["user_pre_domain_exposures"] if pre_on else [])
+        ],
     )
 
 
