@@ -281,7 +281,7 @@ def test_markdown_layout_units_and_marks():
     auc_cols = [f"{d}/{t} AUC" for d, t in CELLS]
     ll_cols = [f"{d}/{t} LogLoss" for d, t in CELLS]
     assert header == ["Model", "Regime", *auc_cols, "Avg AUC ↑", "Task-pooled AUC ↑", "RelaImpr", *ll_cols,
-                      "Avg LogLoss ↓", "Train samples/s", "Train s"]
+                      "Avg LogLoss ↓", "Best epoch", "Train samples/s", "Train s"]
     m = dict(zip(header, rows["Model"]))
     mean0 = 100 * np.mean(np.array(BASE[0]) + np.array(DELTA[0]))
     assert m["d0/click AUC"] == f"**{mean0:.2f}**\\*"  # best in its column, significantly better
@@ -557,3 +557,17 @@ def test_cell_metrics_count_users():
     legacy = r.cells[0].to_dict()
     legacy.pop("groups")
     assert CellMetrics.from_dict(legacy).groups == 0
+
+
+def test_best_epoch_column_shows_the_selected_epochs_over_seeds():
+    from mdmt.bench.report import _fmt_epochs
+
+    recs = _records()
+    for r in recs:
+        r["best_epoch"] = {"a": 1, "b": 2 + r["seed"]} if r["label"] == "Model" else 3
+    s = summarize(recs, baseline="Base")["toy"]
+    assert s.model("Model").best_epochs == [2, 3, 4, 5] and s.model("Base").best_epochs == [3] * 4
+    header, rows = _table_rows(markdown_dataset(s))
+    col = header.index("Best epoch")
+    assert rows["Model"][col] == "2–5" and rows["Base (baseline)"][col] == "3"
+    assert _fmt_epochs([None, None]) == "—"

@@ -121,6 +121,15 @@ def result_rows(records: Iterable[dict[str, Any]], splits: Sequence[str] = ("tes
     return rows
 
 
+def _fmt_epochs(epochs: list[int | None]) -> str:
+    """Selected epochs over seeds as ``"lo–hi"`` (``"2"`` when all agree; ``"—"`` when none was selected)."""
+    known = [e for e in epochs if e is not None]
+    if not known:
+        return "—"
+    lo, hi = min(known), max(known)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
 def _best_epoch(v: Any) -> int | None:
     """A run's best epoch; for a regime with several models (``{unit: epoch}``), the latest one."""
     if isinstance(v, dict):
@@ -164,6 +173,7 @@ class ModelSummary:
     train_seconds: float
     cell_gauc: dict[str, Stat] = field(default_factory=dict)
     avg_gauc: Stat = field(default_factory=lambda: Stat(float("nan"), float("nan"), 0))
+    best_epochs: list[int | None] = field(default_factory=list)  # selected epoch (1-based) per seed
 
 
 @dataclass
@@ -295,6 +305,7 @@ def summarize(
                     relaimpr=None,
                     samples_per_sec=_nanmedian(sps),
                     train_seconds=_nanmedian(secs),
+                    best_epochs=[_best_epoch(r.get("best_epoch")) for r in recs],
                     cell_gauc={k: _stat(v) for k, v in per_cell_gauc.items()},
                     avg_gauc=_stat(avg_gauc),
                 )
@@ -447,7 +458,9 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**. "
         f"{BETTER} / {WORSE}: significantly better / worse than the baseline (two-sided paired t-test over "
         f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column. — : undefined (a single class "
-        f"or no rows in that cell's test rows, or no baseline). Train samples/s and Train s: median over seeds.",
+        f"or no rows in that cell's test rows, or no baseline). Best epoch: the epoch selected on the validation split (1-based), "
+        f"lowest–highest over seeds; for regimes with several models, each run's latest unit. "
+        f"Train samples/s and Train s: median over seeds.",
         "",
     ]
     few_users = set(s.indicative())
@@ -484,7 +497,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         header += ["Ceiling gap ↓"]
     if has_oracle:
         header += ["Oracle gap ↓"]
-    header += ["Train samples/s", "Train s"]
+    header += ["Best epoch", "Train samples/s", "Train s"]
     rows = []
     for m in s.models:
         r = [name(m), m.regime]
@@ -499,7 +512,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         if has_oracle:
             gap = oracle_avg - m.avg_auc.mean if oracle_avg is not None else float("nan")
             r += [_pct(gap)]
-        r += [_fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
+        r += [_fmt_epochs(m.best_epochs), _fmt_rate(m.samples_per_sec), _fmt_secs(m.train_seconds)]
         rows.append(r)
     if ceiling_avg is not None:
         r = ["*Learnable ceiling (generator's form fitted)*", "—"]
