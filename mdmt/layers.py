@@ -18,6 +18,9 @@ Contents:
   star-topology linear layer, both routed through :func:`domain_select`.
 * :func:`stop_gradient` and :func:`tap`: a paper's ⊘ (stop-gradient) and a named activation,
   so tests can check gradient paths (:mod:`mdmt.testing`).
+* :func:`masked_softmax`, :class:`MultiHeadAttention`, :class:`MultiHeadSelfAttention`,
+  :class:`TransformerLayer` (post-LN), and the target attentions :class:`DINAttention` and
+  :class:`DotTargetAttention`, all with masks for padded positions.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ __all__ = [
     "StarLinear",
     "stop_gradient",
     "tap",
+    "masked_softmax",
+    "MultiHeadAttention",
+    "MultiHeadSelfAttention",
+    "TransformerLayer",
+    "DINAttention",
+    "DotTargetAttention",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -540,3 +549,253 @@ def stop_gradient(x: Tensor, name: str | None = None) -> Tensor:
     if name is not None:
         tap(out, name + "/stopped")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention: multi-head (self-)attention, target attention, a post-LN Transformer layer
+# ---------------------------------------------------------------------------------------------
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` restricted to the positions where ``mask`` is True.
+
+    Masked positions get weight exactly 0. A row whose positions are all masked (an empty
+    behaviour sequence) gets all-zero weights, so it attends to nothing instead of to padding,
+    and never produces NaN (``torch.finfo.min`` is used instead of ``-inf``).
+
+    Shapes: ``scores`` ``[..., L]``, ``mask`` bool broadcastable to it (True = a real position).
+
+    Example::
+
+        >>> import torch
+        >>> masked_softmax(torch.zeros(2, 3), torch.tensor([[True, True, False], [False, False, False]])).tolist()
+        [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    """
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask.to(scores.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al., NeurIPS'17; PMTA Eq. 4–5).
+
+    With ``h`` heads of width ``d_h = dim / h``::
+
+        head_i    = Attention(Q W_i^Q, K W_i^K, V W_i^V)                     # Eq. 4b
+        Attention = softmax(Q Kᵀ / sqrt(d_h)) V   (masked keys get weight 0) # Eq. 5
+        MHA       = Concat(head_1, ..., head_h) W^O                          # Eq. 4a
+
+    Every projection is an affine ``nn.Linear`` (``bias=False`` drops the biases), laid out like
+    ``torch.nn.MultiheadAttention``'s ``in_proj`` / ``out_proj``.
+
+    Args:
+        dim: query and output width (a multiple of ``num_heads``).
+        num_heads: ``h``.
+        kdim, vdim: key and value input widths (default ``dim``; ``vdim`` defaults to ``kdim``).
+        bias: affine projections.
+        dropout: on the attention weights (training only).
+
+    Shapes:
+        ``query`` ``[B, Lq, dim]``, ``key`` ``[B, Lk, kdim]``, ``value`` ``[B, Lk, vdim]`` (default:
+        ``key``), ``key_mask`` ``[B, Lk]`` bool (True = a real position) -> ``[B, Lq, dim]``. A query
+        whose keys are all masked gets ``out_proj``'s bias (zero context).
+
+    Example::
+
+        >>> import torch
+        >>> mha = MultiHeadAttention(8, num_heads=2)
+        >>> mha(torch.randn(3, 1, 8), torch.randn(3, 5, 8), key_mask=torch.ones(3, 5, dtype=torch.bool)).shape
+        torch.Size([3, 1, 8])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not a multiple of num_heads={num_heads}")
+        kdim = kdim or dim
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=bias)  # W^Q (all heads)
+        self.k_proj = nn.Linear(kdim, dim, bias=bias)  # W^K
+        self.v_proj = nn.Linear(vdim or kdim, dim, bias=bias)  # W^V
+        self.out_proj = nn.Linear(dim, dim, bias=bias)  # W^O
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, L, dim] -> [B, h, L, d_h]``."""
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        value = key if value is None else value
+        q = self._heads(self.q_proj(query))  # Q W_i^Q: [B, h, Lq, d_h]
+        k = self._heads(self.k_proj(key))  # K W_i^K: [B, h, Lk, d_h]
+        v = self._heads(self.v_proj(value))  # V W_i^V: [B, h, Lk, d_h]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # Eq. 5: Q Kᵀ / sqrt(d_k): [B, h, Lq, Lk]
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        w = self.dropout(masked_softmax(scores, mask))
+        heads = (w @ v).transpose(-3, -2)  # head_i, Eq. 4b: [B, Lq, h, d_h]
+        return self.out_proj(heads.reshape(*heads.shape[:-2], self.dim))  # Eq. 4a: Concat(...) W^O
+
+
+class MultiHeadSelfAttention(MultiHeadAttention):
+    """Multi-head self-attention: :class:`MultiHeadAttention` with ``Q = K = V = X``.
+
+    Shapes: ``x`` ``[B, L, dim]``, ``mask`` ``[B, L]`` bool (True = a real position) ->
+    ``[B, L, dim]``. Padded positions are never attended to; their own outputs are computed like
+    any other row and must be ignored (masked or pooled away) by the caller.
+
+    Example::
+
+        >>> import torch
+        >>> MultiHeadSelfAttention(8, num_heads=4)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, bias=bias, dropout=dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return super().forward(x, x, x, key_mask=mask)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN Transformer encoder layer (PMTA Eq. 4–7; Vaswani et al., NeurIPS'17)::
+
+        FFN(X)  = ReLU(X W_1 + b_1) W_2 + b_2                 # Eq. 6
+        X^SA    = LN(MHA(X) + X)                              # Eq. 7a
+        X'      = LN(FFN(X^SA) + X^SA)                        # Eq. 7b
+
+    Args:
+        dim: token width.
+        num_heads: attention heads (``dim`` must be a multiple).
+        ffn_dim: hidden width of the FFN (default ``4 * dim``).
+        dropout: on the attention weights and after the attention and FFN outputs.
+        eps: LayerNorm epsilon.
+
+    Shapes: ``x`` ``[B, L, dim]``, ``mask`` ``[B, L]`` bool (True = a real position) ->
+    ``[B, L, dim]``; padded positions are never attended to, and their outputs are to be ignored.
+
+    Example::
+
+        >>> import torch
+        >>> TransformerLayer(8, num_heads=2, ffn_dim=16)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, ffn_dim: int | None = None, dropout: float = 0.0,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim, num_heads, dropout=dropout)
+        self.linear1 = nn.Linear(dim, ffn_dim or 4 * dim)  # W_1, b_1
+        self.linear2 = nn.Linear(ffn_dim or 4 * dim, dim)  # W_2, b_2
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def ffn(self, x: Tensor) -> Tensor:
+        """Eq. 6: ``ReLU(X W_1 + b_1) W_2 + b_2``."""
+        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.norm1(x + self.dropout(self.attn(x, mask)))  # Eq. 7a: X^SA = LN(MHA(X) + X)
+        return self.norm2(x + self.dropout(self.ffn(x)))  # Eq. 7b: LN(FFN(X^SA) + X^SA)
+
+
+class DINAttention(nn.Module):
+    """DIN target attention (Zhou et al., KDD'18, "Deep Interest Network"; its activation unit).
+
+    A target (the candidate item) weighs each behaviour ``e_j`` of a sequence with an MLP of the
+    pair, and the weighted sum is the user's interest in that target::
+
+        a_j = MLP([e_j, q, e_j − q, e_j ⊙ q])     # activation unit -> a scalar per position
+        v_U(q) = Σ_j a_j e_j                     # over the real (unmasked) positions
+
+    DIN leaves the weights unnormalised (``normalize=False``) so the sum keeps the intensity of
+    the interest; ``normalize=True`` takes a masked softmax of ``a`` over the positions instead.
+    The query may be one target per row (``[B, d]``) or one query per position (``[B, L, d]``,
+    e.g. ADS's generated multi-queries).
+
+    Args:
+        dim: width of the query and of the sequence items (equal, as in DIN).
+        hidden: hidden widths of the activation unit (a final Linear -> 1 follows).
+        act: its activation.
+        normalize: softmax-normalise the weights over the real positions.
+
+    Shapes: ``query`` ``[B, d]`` or ``[B, L, d]``, ``keys`` ``[B, L, d]``, ``mask`` ``[B, L]`` bool
+    (True = a real position) -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> att = DINAttention(4, hidden=[8])
+        >>> att(torch.randn(2, 4), torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, dim: int, hidden: list[int] | None = None, act: str = "prelu", normalize: bool = False) -> None:
+        super().__init__()
+        self.unit = MLP(4 * dim, [36] if hidden is None else hidden, out_dim=1, act=act)
+        self.normalize = normalize
+
+    def weights(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The attention weights ``a_j``: ``[B, L]`` (0 at masked positions)."""
+        q = query.unsqueeze(1).expand_as(keys) if query.dim() == 2 else query
+        a = self.unit(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)  # a_j: [B, L]
+        if self.normalize:
+            return masked_softmax(a, mask)
+        return a if mask is None else a * mask.to(a.dtype)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        return torch.einsum("bl,bld->bd", self.weights(query, keys, mask), keys)  # Σ_j a_j e_j
+
+
+class DotTargetAttention(MultiHeadAttention):
+    """Scaled dot-product target attention: one target query over a masked sequence.
+
+    With the projections of :class:`MultiHeadAttention` and ``h`` heads::
+
+        s_{i,j} = (q W_i^Q) · (k_j W_i^K) / sqrt(d_h)              # one score per head and position
+        head_i  = Σ_j softmax_j(s_{i,j}) (v_j W_i^V)                # over the real positions
+        out     = Concat(head_1, ..., head_h) W^O
+
+    With one query per row (``[B, dq]``) this is :class:`MultiHeadAttention` with ``Lq = 1``.
+    With one query per position (``[B, L, dq]``, ADS's generated multi-queries) position ``j`` is
+    scored with its own query ``q_j``.
+
+    Args:
+        dim: attention and output width (a multiple of ``num_heads``); also the query width.
+        num_heads: ``h``.
+        kdim: width of the sequence items (default ``dim``).
+        bias, dropout: as in :class:`MultiHeadAttention`.
+
+    Shapes: ``query`` ``[B, dim]`` or ``[B, L, dim]``, ``keys`` ``[B, L, kdim]``, ``mask``
+    ``[B, L]`` bool (True = a real position) -> ``[B, dim]`` (a row with no real position gets
+    ``out_proj``'s bias).
+
+    Example::
+
+        >>> import torch
+        >>> att = DotTargetAttention(8, num_heads=2, kdim=6)
+        >>> att(torch.randn(3, 8), torch.randn(3, 5, 6), torch.ones(3, 5, dtype=torch.bool)).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, kdim: int | None = None, bias: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, kdim=kdim, bias=bias, dropout=dropout)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        B, L = keys.shape[0], keys.shape[1]
+        q = self.q_proj(query).reshape(B, -1, self.num_heads, self.head_dim)  # [B, 1 or L, h, d_h]
+        k = self.k_proj(keys).reshape(B, L, self.num_heads, self.head_dim)  # [B, L, h, d_h]
+        v = self.v_proj(keys).reshape(B, L, self.num_heads, self.head_dim)
+        scores = (q * k).sum(-1) / math.sqrt(self.head_dim)  # s_{i,j}: [B, L, h]
+        w = self.dropout(masked_softmax(scores, None if mask is None else mask.unsqueeze(-1), dim=1))
+        heads = torch.einsum("blh,blhe->bhe", w, v)  # head_i: [B, h, d_h]
+        return self.out_proj(heads.reshape(B, self.dim))
