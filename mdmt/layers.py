@@ -21,6 +21,7 @@ Contents:
 * :func:`masked_softmax`, :class:`MultiHeadAttention`, :class:`MultiHeadSelfAttention`,
   :class:`TransformerLayer` (post-LN), and the target attentions :class:`DINAttention` and
   :class:`DotTargetAttention`, all with masks for padded positions.
+* :class:`GateNU`: PEPNet's gate neural unit, prior information -> a gate in ``(0, γ)``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "TransformerLayer",
     "DINAttention",
     "DotTargetAttention",
+    "GateNU",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -799,3 +801,44 @@ class DotTargetAttention(MultiHeadAttention):
         w = self.dropout(masked_softmax(scores, None if mask is None else mask.unsqueeze(-1), dim=1))
         heads = torch.einsum("blh,blhe->bhe", w, v)  # head_i: [B, h, d_h]
         return self.out_proj(heads.reshape(B, self.dim))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates from prior information (PEPNet's Gate NU)
+# ---------------------------------------------------------------------------------------------
+class GateNU(nn.Module):
+    """Gate Neural Unit (PEPNet, Chang et al., KDD'23, §2.2.1): prior information -> a scaling gate.
+
+    Two layers::
+
+        x' = ReLU(x W + b)                       # Eq. 2
+        δ  = γ · sigmoid(x' W' + b')             # Eq. 3, every entry in (0, γ)
+
+    With ``γ = 2`` the gate is centred at 1: it can amplify (up to 2x) or damp each unit it scales.
+
+    Args:
+        in_dim: width of the prior input ``x``.
+        out_dim: number of gate values (the width of what the gate scales).
+        hidden: width of ``x'`` (default ``in_dim``).
+        gamma: ``γ``, the scale of the sigmoid.
+
+    Shapes: ``x`` ``[..., in_dim]`` -> ``δ`` ``[..., out_dim]``.
+
+    Example::
+
+        >>> import torch
+        >>> g = GateNU(6, 4)(torch.randn(3, 6))
+        >>> g.shape, bool(((g > 0) & (g < 2)).all())
+        (torch.Size([3, 4]), True)
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.layer1 = nn.Linear(in_dim, hidden or in_dim)  # W, b
+        self.layer2 = nn.Linear(hidden or in_dim, out_dim)  # W', b'
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.layer1(x))  # Eq. 2: x' = ReLU(xW + b)
+        return self.gamma * torch.sigmoid(self.layer2(h))  # Eq. 3: δ = γ·sigmoid(x'W' + b')

@@ -19,6 +19,7 @@ from . import (  # noqa: F401
     deepfm,
     mlp,
     mmoe,
+    pepnet,
     ple,
     ple_md,
     sharedbottom,
