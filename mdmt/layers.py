@@ -22,6 +22,8 @@ Contents:
   :class:`TransformerLayer` (post-LN), and the target attentions :class:`DINAttention` and
   :class:`DotTargetAttention`, all with masks for padded positions.
 * :class:`GateNU`: PEPNet's gate neural unit, prior information -> a gate in ``(0, γ)``.
+* :class:`CrossNetV1` (DCN's cross network) and :class:`CIN` (xDeepFM's compressed interaction
+  network).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ __all__ = [
     "DINAttention",
     "DotTargetAttention",
     "GateNU",
+    "CrossNetV1",
+    "CIN",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -842,3 +846,86 @@ class GateNU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = torch.relu(self.layer1(x))  # Eq. 2: x' = ReLU(xW + b)
         return self.gamma * torch.sigmoid(self.layer2(h))  # Eq. 3: δ = γ·sigmoid(x'W' + b')
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature crossing: DCN's cross network (v1) and xDeepFM's compressed interaction network
+# ---------------------------------------------------------------------------------------------
+class CrossNetV1(nn.Module):
+    """The cross network of DCN (Wang et al., ADKDD'17, "Deep & Cross Network", Eq. 3).
+
+    Layer ``l`` maps ``x_l`` to ``x_{l+1}`` with a weight vector ``w_l`` and a bias ``b_l`` (both
+    ``[d]``)::
+
+        x_{l+1} = x_0 x_lᵀ w_l + b_l + x_l  =  x_0 · (x_l · w_l) + b_l + x_l
+
+    so each layer adds one degree of crossing with ``2d`` parameters.
+
+    Shapes: ``x0`` ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> CrossNetV1(6, num_layers=2)(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, in_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = in_dim
+        self.num_layers = num_layers
+        self.weight = nn.Parameter(torch.empty(num_layers, in_dim))  # w_l
+        self.bias = nn.Parameter(torch.zeros(num_layers, in_dim))  # b_l
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / (in_dim + 1)))  # Xavier for each [d, 1] w_l
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for l in range(self.num_layers):
+            # Eq. 3: x_{l+1} = x_0 x_lᵀ w_l + b_l + x_l (x_lᵀ w_l is a scalar per row)
+            x = x0 * (x @ self.weight[l]).unsqueeze(-1) + self.bias[l] + x
+        return x
+
+
+class CIN(nn.Module):
+    """Compressed Interaction Network of xDeepFM (Lian et al., KDD'18, Eq. 6–7).
+
+    ``X^0 ∈ R^{m×D}`` holds the ``m`` field embeddings. Layer ``k`` has ``H_k`` feature maps::
+
+        X^k_{h,*} = Σ_{i=1..H_{k-1}} Σ_{j=1..m} W^{k,h}_{ij} (X^{k-1}_{i,*} ∘ X^0_{j,*})    # Eq. 6
+        p^k_h     = Σ_{j=1..D} X^k_{h,j}                                                  # Eq. 7
+        p^+       = [p^1, ..., p^K]                                                       # [Σ_k H_k]
+
+    interactions at the vector level whose degree grows by one per layer. Every layer's feature
+    maps feed the next layer and the pooled output (no split).
+
+    Args:
+        num_fields: ``m``.
+        layers: ``[H_1, ..., H_K]``.
+
+    Shapes: ``x0`` ``[B, m, D]`` -> ``p^+`` ``[B, Σ_k H_k]``.
+
+    Example::
+
+        >>> import torch
+        >>> CIN(3, [4, 2])(torch.randn(5, 3, 6)).shape
+        torch.Size([5, 6])
+    """
+
+    def __init__(self, num_fields: int, layers: list[int]) -> None:
+        super().__init__()
+        sizes = [num_fields, *layers]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(h, h_prev * num_fields)) for h_prev, h in zip(sizes[:-1], sizes[1:])]
+        )  # W^k: [H_k, H_{k-1} · m]
+        for w in self.weights:
+            _linear_init_(w, None, w.shape[1])
+        self.out_dim = sum(layers)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        B, m, D = x0.shape
+        x, pooled = x0, []
+        for w in self.weights:
+            z = (x.unsqueeze(2) * x0.unsqueeze(1)).reshape(B, -1, D)  # X^{k-1}_i ∘ X^0_j: [B, H_{k-1}·m, D]
+            x = torch.matmul(w, z)  # Eq. 6: Σ_{i,j} W^{k,h}_{ij} (...): [B, H_k, D]
+            pooled.append(x.sum(-1))  # Eq. 7: sum pooling over the embedding dim: [B, H_k]
+        return torch.cat(pooled, dim=-1)  # p^+

@@ -272,11 +272,11 @@ def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: B
 # ---------------------------------------------------------------------------------------------
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
+@pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm", "dcn", "xdeepfm"])
 @pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
-    params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}
+    params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1, "cin_layers": [3, 2]}}
     model = _build(name, spec, fm, params=params)
     assert type(model.backbone).__name__.lower().startswith({"none": "identity"}.get(backbone, backbone))
     _loss(model, batch).backward()
@@ -325,6 +325,20 @@ def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
         assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
 
 
+def test_dcn_and_xdeepfm_compose_their_parts():
+    spec, fm, batch = _setup(False, size=6)
+    dcn = _build("dcn", spec, fm, params={"tower_hidden": []}).eval()
+    xdf = _build("xdeepfm", spec, fm).eval()
+    with torch.no_grad():
+        x0 = dcn.embeddings.flat_input(batch)
+        h = torch.cat([dcn.body.cross(x0), dcn.body.deep(x0)], dim=1)  # [x_L, h_L]
+        w, b = dcn.towers.weights[0], dcn.towers.biases[0]  # Eq. 5: one combination layer per task
+        assert torch.allclose(_stack(dcn, dcn(batch)), torch.einsum("bi,tio->bt", h, w) + b[:, 0], atol=1e-5)
+        a, v = xdf.embeddings.flat_input(batch), xdf.embeddings.stacked(batch)
+        h = torch.cat([xdf.body.deep(a), xdf.body.cin(v)], dim=1)  # x_dnn ⊕ p^+
+        assert torch.allclose(_stack(xdf, xdf(batch)), xdf.linear(a) + xdf.towers(h)[..., 0], atol=1e-5)
+
+
 def test_star_partitioned_norm_updates_running_stats_only_in_training():
     spec, fm, batch = _setup(False)
     model = _build("star", spec, fm)
@@ -365,3 +379,7 @@ def test_config_errors_are_clear():
         build_model("deepfm", spec, fm)
     with pytest.raises(ConfigError, match="one embedding dim"):
         build_model("mmoe", spec, fm, {"backbone": "deepfm"})
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("xdeepfm", spec, fm)
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("sharedbottom", spec, fm, {"backbone": "xdeepfm"})
