@@ -40,6 +40,9 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("specifictop", False): 0.5182718634605408,
     ("star", False): 4.051000595092773,
     ("compose", True): 1.4446914196014404,
+    ("pepnet", False): 3.4152262210845947,
+    ("dcn", False): 4.228560447692871,
+    ("xdeepfm", False): 2.812190532684326,
     ("dcnv2", True): -0.21339617669582367,
     ("dcnv2-mt", True): -4.408079147338867,
     ("deepfm", True): 6.0356059074401855,
@@ -52,6 +55,9 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("specificall", True): -0.3061802089214325,
     ("specifictop", True): -0.34500569105148315,
     ("star", True): 1.7737501859664917,
+    ("pepnet", True): 0.21013125777244568,
+    ("dcn", True): -1.4611138105392456,
+    ("xdeepfm", True): 3.0731096267700195,
 }
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from mdmt.batch import Batch
 from mdmt.config import TrainConfig
+from mdmt.embeddings import DOMAIN_KEY
 from mdmt.layers import GateNU
 from mdmt.models import build_model
 from mdmt.models.pepnet import EPNet, PEPNet, PPNetHead
@@ -31,10 +32,11 @@ def _schema(priors=("user_id", "item_id"), domain_features=("age", "price"), per
     return spec, fm
 
 
-def _build(params: dict | None = None, seed: int = 0, **schema) -> tuple[PEPNet, Batch, DatasetSpec]:
+def _build(params: dict | None = None, seed: int = 0, embedding: dict | None = None,
+           **schema) -> tuple[PEPNet, Batch, DatasetSpec]:
     spec, fm = _schema(**schema)
     torch.manual_seed(seed)
-    model = build_model("pepnet", spec, fm, {"tower_hidden": [6, 4], **(params or {})})
+    model = build_model("pepnet", spec, fm, {"tower_hidden": [6, 4], **(params or {})}, embedding=embedding)
     assert isinstance(model, PEPNet)
     return model, make_batch(spec, fm, size=10), spec
 
@@ -121,6 +123,20 @@ def test_ppnet_head_equations_and_head_contract():
         head(x)
 
 
+def test_ppnet_head_norm_sits_between_the_affine_layer_and_the_activation():
+    B, T, d, g_dim = 5, 2, 4, 3
+    head = PPNetHead(d, T, g_dim, [3], norm="layernorm")
+    with torch.no_grad():
+        head.norms[0].weight.normal_()
+        head.norms[0].bias.normal_()
+    x, g = torch.randn(B, T, d, generator=_g()), torch.randn(B, g_dim, generator=_g(1))
+    for t in range(T):
+        h = _gate_by_hand(head.gates[0], g)[:, t * d : (t + 1) * d] * x[:, t] @ head.weights[0][t] + head.biases[0][t]
+        h = torch.relu(F.layer_norm(h, (3,)) * head.norms[0].weight[t] + head.norms[0].bias[t])
+        h = (_gate_by_hand(head.gates[1], g)[:, t * 3 : (t + 1) * 3] * h) @ head.weights[1][t] + head.biases[1][t]
+        assert torch.allclose(head(x, g)[:, t], h[:, 0], atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole model, Eq. 4-9, recomputed by hand
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +151,7 @@ def test_pepnet_forward_equals_equations_4_to_9(gating):
         E = torch.cat([pooled[k] for k in emb.keys] + [batch.dense], dim=1)  # Eq. 4
         dense_names = [f.name for f in spec.dense_features()]
         # E(F_d): the domain id embedding, the bucketised age's embedding, the dense price value
-        side = torch.cat([model.domain_embedding.weight[batch.domain], pooled["age@age"],
+        side = torch.cat([emb.domain_table.weight[batch.domain], pooled["age@age"],
                           batch.dense[:, [dense_names.index("price")]]], dim=1)
         delta = _gate_by_hand(model.epnet.gate, torch.cat([side, E], 1))  # Eq. 5
         if gating == "field":
@@ -187,31 +203,36 @@ def _grads(out: torch.Tensor, params: dict[str, nn.Parameter]) -> dict[str, floa
     return {n: 0.0 if g is None else float(g.abs().sum()) for n, g in zip(params, grads)}
 
 
+def _tables(model: PEPNet, spec: DatasetSpec) -> dict[str, nn.Parameter]:
+    """Every embedding table by name, the domain id's as ``DOMAIN_KEY``."""
+    emb = model.embeddings
+    return {**{t.name: emb.table(t.name).weight for t in spec.effective_tables()}, DOMAIN_KEY: emb.domain_table.weight}
+
+
 def test_gate_paths_stop_the_gradient_into_the_embeddings():
-    model, batch, _ = _build()
-    tables = dict(model.embeddings.tables.named_parameters())
+    model, batch, spec = _build()
+    tables = _tables(model, spec)
     epnet = dict(model.epnet.named_parameters())
     d_domain, d_task = _gate_outputs(model, batch)
-    # EPNet's gate reads ⊘(E): no gradient into any table but the domain-side feature's (age)
+    # EPNet's gate reads E(F_d) ⊕ ⊘(E): gradient into the domain-side tables (domain id, age) only
     g = _grads(d_domain, tables)
-    assert g["age.weight"] > 0
-    assert all(v == 0 for n, v in g.items() if n != "age.weight"), g
-    assert _grads(d_domain, {"dom": model.domain_embedding.weight})["dom"] > 0
+    assert g[DOMAIN_KEY] > 0 and g["age"] > 0
+    assert all(v == 0 for n, v in g.items() if n not in (DOMAIN_KEY, "age")), g
     # PPNet's gates read O_prior ⊕ ⊘(O_ep): gradient into the prior tables only, none into EPNet
     for delta in d_task:
         g = _grads(delta, tables)
-        assert g["user_id.weight"] > 0 and g["item_id.weight"] > 0
-        assert all(v == 0 for n, v in g.items() if n not in ("user_id.weight", "item_id.weight")), g
+        assert g["user_id"] > 0 and g["item_id"] > 0
+        assert all(v == 0 for n, v in g.items() if n not in ("user_id", "item_id")), g
         assert all(v == 0 for v in _grads(delta, epnet).values())
     # the main path: every table and EPNet still learn from the loss
     _loss(model, batch).backward()
-    for n, p in [*model.embeddings.tables.named_parameters(), *model.epnet.named_parameters()]:
+    for n, p in [*tables.items(), *model.epnet.named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, n
 
 
 def test_backprop_variant_lets_the_gradient_through_the_gate_paths():
-    model, batch, _ = _build({"extra_input": "backprop"})
-    tables = dict(model.embeddings.tables.named_parameters())
+    model, batch, spec = _build({"extra_input": "backprop"})
+    tables = _tables(model, spec)
     d_domain, d_task = _gate_outputs(model, batch)
     assert all(v > 0 for v in _grads(d_domain, tables).values())  # through E
     for delta in d_task:
@@ -237,7 +258,7 @@ def test_without_epnet_removes_exactly_epnet():
     full, batch, _ = _build()
     wo, _, _ = _build({"epnet": False})
     a, b = _shapes(full), _shapes(wo)
-    assert {n for n in a if n not in b} == {n for n in a if n.startswith(("epnet.", "domain_embedding."))}
+    assert {n for n in a if n not in b} == {n for n in a if n.startswith("epnet.")}
     assert all(a[n] == s for n, s in b.items()) and set(b) <= set(a)
     wo.load_state_dict({k: v for k, v in full.state_dict().items() if k in wo.state_dict()})
     # the full model with δ_domain ≡ 1 is the model without EPNet
@@ -290,6 +311,20 @@ def test_outputs_change_with_the_domain(params):
     assert torch.all((a - b).abs().amax(1) > 1e-7)
 
 
+def test_own_domain_embedding_when_the_domain_is_not_an_input():
+    model, batch, spec = _build(domain_features=(), embedding={"domain_input": False})
+    assert DOMAIN_KEY not in model.embeddings.keys
+    assert model.epnet.gate.in_dim == 8 + model.embeddings.input_dim  # PEPNet's own domain id embedding
+    moved = batch.index(torch.arange(len(batch)))
+    moved.domain = (batch.domain + 1) % spec.num_domains
+    with torch.no_grad():
+        assert torch.all((_logits(model.eval(), batch) - _logits(model, moved)).abs().amax(1) > 1e-7)
+    groups = {g.name: g for g in model.optim_groups()}
+    assert any(p is model.domain_embedding.weight for p in groups["embeddings"].params)
+    wide, _, _ = _build({"domain_dim": 3}, domain_features=(), embedding={"domain_input": False})
+    assert wide.domain_embedding.embedding_dim == 3
+
+
 def test_fallbacks_without_priors_or_domain_features():
     model, batch, _ = _build(priors=(), domain_features=())
     # priors: the user- and item-side id features; domain side: the domain id alone
@@ -317,7 +352,7 @@ def test_optimizer_groups_adagrad_embeddings_adam_dense():
     ids = [id(p) for g in groups.values() for p in g.params]
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
     assert {id(p) for p in emb.params} == {id(p) for p in model.embeddings.tables.parameters()} | {
-        id(model.domain_embedding.weight)}
+        id(model.embeddings.domain_table.weight)}
     trainer = Trainer(model, TrainConfig(lr=1e-3), score_fn=lambda p: 0.0)
     kinds = {type(o).__name__: o.param_groups[0]["lr"] for o in trainer.optimizers}
     assert kinds == {"Adam": 1e-3, "Adagrad": 0.05}

@@ -26,7 +26,7 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
+from ..layers import Activation, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import DCNBackbone
 from .base import MDMTModel, ModelOutput, register
@@ -42,6 +42,7 @@ class DCNConfig(StrictModel):
         deep_hidden: widths of the deep network (Eq. 4).
         tower_hidden: hidden widths of each task's combination tower (``[]`` = Eq. 5 exactly).
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     cross_layers: PositiveInt = 3
@@ -49,6 +50,7 @@ class DCNConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("dcn", paper="Wang et al., ADKDD 2017")
@@ -64,8 +66,8 @@ class DCN(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: DCNConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.body = DCNBackbone(embeddings.input_dim, cfg.deep_hidden, cfg.cross_layers, cfg.dropout, cfg.act)
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.body = DCNBackbone(embeddings.input_dim, cfg.deep_hidden, cfg.cross_layers, cfg.dropout, cfg.act, cfg.norm)
+        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         x0 = self.embeddings.flat_input(batch)  # Eq. 1–2: x_0 = [x_embed,1, ..., x_embed,k, x_dense]

@@ -12,19 +12,22 @@ Gate Neural Unit ``𝒰`` (:class:`~mdmt.layers.GateNU`, Eq. 2–3: ``δ = γ·s
     O_pp^(l) = δ_task^(l) ⊗ H^(l)                            # Eq. 8  split into T task blocks
     H^(l+1)  = f(O_pp^(l) W^(l) + b^(l)),  l = 1..L          # Eq. 9  every layer of every tower
 
-Here ``F_d`` is the schema's ``domain_features`` plus the domain id (PEPNet's own domain
-embedding), and ``F_u/F_i/F_a`` is the schema's ``priors``. The task towers read ``O_ep``
+Here ``F_d`` is the schema's ``domain_features`` plus the domain id (the embedding collection's
+domain-id embedding when the domain is an input, ``model.embedding.domain_input``, else PEPNet's
+own), and ``F_u/F_i/F_a`` is the schema's ``priors``. The task towers read ``O_ep``
 (through an optional backbone ``H``, identity by default: PEPNet's towers sit directly on the
 personalised embedding); they are ``[100, 64]`` and a last layer to the logit, as in §3.1.3.
-``f`` is ReLU on hidden layers; the last layer's sigmoid is applied outside the model.
+``f`` is ReLU on hidden layers (after the model's ``norm``, as in every tower here); the last
+layer's sigmoid is applied outside the model.
 
 **Fallbacks** when the schema declares no groups: with no ``priors``, the user-side and
 item-side id features (``source: user|item``, sequences excluded) are the priors, or every id
 feature when there are none of those; with no ``domain_features``, the domain-side input is the
 domain id embedding alone. Dense features in either group enter as their normalised value.
 
-**Optimizers** (§2.3): the embedding tables (and the domain embedding) on Adagrad with lr 0.05,
-the dense weights on Adam with the trainer's learning rate; both are configurable.
+**Optimizers** (§2.3): the embedding tables (every ``nn.Embedding``, the domain id's included) on
+Adagrad with lr 0.05, the dense weights on Adam with the trainer's learning rate; both are
+configurable.
 
 **Ablations** (Fig. 4(a), Fig. 5(d)), as config switches:
 
@@ -49,7 +52,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, GateNU, ParallelMLP, _linear_init_, activation
+from ..layers import Activation, GateNU, Norm, ParallelMLP, StackedNorm, _linear_init_, activation
 from ..schema import ConfigError, DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, OptimGroup, register
@@ -79,12 +82,14 @@ class PEPNetConfig(StrictModel):
             ``backprop`` or ``none`` (Fig. 5(d)).
         gamma: ``γ`` of every Gate NU (gate values in ``(0, γ)``).
         gate_hidden: width of a Gate NU's first layer (default: its input width).
-        domain_dim: width of the domain id embedding fed to EPNet (default: the schema's
-            ``default_dim``).
+        domain_dim: width of PEPNet's own domain id embedding, used when the domain is not an input
+            of the embedding collection (default: the schema's ``default_dim``).
         backbone, backbone_params: an optional ``H`` between ``O_ep`` and the towers (``none`` =
             the towers read ``O_ep``).
         tower_hidden: hidden widths of every task tower (a last layer -> 1 logit follows).
         dropout, act: of the tower hidden layers.
+        norm: normalisation of every hidden layer of the towers and the backbone (``none``,
+            ``layernorm``, ``batchnorm``).
         embedding_optimizer, embedding_lr: the embeddings' optimizer (§2.3: Adagrad, 0.05).
         dense_optimizer, dense_lr: the other weights' optimizer (Adam; ``None`` = the trainer's lr).
     """
@@ -101,6 +106,7 @@ class PEPNetConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [100, 64], min_length=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
     embedding_optimizer: Optimizer = "adagrad"
     embedding_lr: PositiveFloat = 0.05
     dense_optimizer: Optimizer = "adam"
@@ -146,7 +152,7 @@ class PPNetHead(nn.Module):
     split into ``T`` blocks of ``h_l``::
 
         O^(l)_t   = δ^(l)_t ⊗ H^(l)_t                  # Eq. 8
-        H^(l+1)_t = f(O^(l)_t W^(l)_t + b^(l)_t)       # Eq. 9 (f = act; the last layer is the logit)
+        H^(l+1)_t = f(O^(l)_t W^(l)_t + b^(l)_t)       # Eq. 9 (f = norm then act; the last layer is the logit)
 
     ``H^(1)_t`` is the tower's input. Head contract: :meth:`first` gives ``C_1 = H^(2)`` (the first
     layer's output), :meth:`rest` the logits from it, ``forward = rest ∘ first``.
@@ -157,7 +163,7 @@ class PPNetHead(nn.Module):
         gate_dim: width of the gate input ``g`` (``O_prior ⊕ ⊘(O_ep)`` in PEPNet).
         hidden: hidden widths of every tower (at least one).
         gamma, gate_hidden: of the Gate NUs.
-        dropout, act: of the hidden layers.
+        dropout, act, norm: of the hidden layers.
 
     Shapes: ``x`` ``[B, in_dim]`` (the same input for every tower) or ``[B, T, in_dim]``,
     ``gate_input`` ``[B, gate_dim]`` -> logits ``[B, T]``; :meth:`first` -> ``[B, T, hidden[0]]``.
@@ -171,7 +177,7 @@ class PPNetHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, num_tasks: int, gate_dim: int, hidden: list[int], gamma: float = 2.0,
-                 gate_hidden: int | None = None, dropout: float = 0.0, act: str = "relu") -> None:
+                 gate_hidden: int | None = None, dropout: float = 0.0, act: str = "relu", norm: Norm = "none") -> None:
         super().__init__()
         if not hidden:
             raise ValueError("a PPNet tower needs at least one hidden layer")
@@ -185,6 +191,7 @@ class PPNetHead(nn.Module):
             _linear_init_(w, b, w.shape[1])
         self.gates = nn.ModuleList([GateNU(gate_dim, T * a, gate_hidden, gamma) for a in dims[:-1]])  # 𝒰_pp^(l)
         self.acts = nn.ModuleList([activation(act) for _ in hidden])
+        self.norms = nn.ModuleList([StackedNorm(T, h, norm) for h in hidden] if norm != "none" else [])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _layer(self, l: int, h: Tensor, g: Tensor) -> Tensor:
@@ -194,6 +201,8 @@ class PPNetHead(nn.Module):
         # Eq. 9: O^(l) W^(l) + b^(l), one batched GEMM over the T towers
         z = torch.baddbmm(self.biases[l].unsqueeze(1), o.transpose(0, 1), self.weights[l]).transpose(0, 1)
         if l < len(self.acts):
+            if len(self.norms):
+                z = self.norms[l](z)
             z = self.dropout(self.acts[l](z))  # f = ReLU on hidden layers
         return z
 
@@ -272,21 +281,27 @@ class PEPNet(MDMTModel):
         self.field_keys = list(embeddings.keys)
         widths = [embeddings.dims[k] for k in embeddings.keys] + [1] * embeddings.num_dense  # fields of E
         if cfg.epnet:
-            self.domain_embedding = nn.Embedding(self.num_domains, cfg.domain_dim or spec.default_dim)
-            nn.init.normal_(self.domain_embedding.weight, std=0.01)
+            self.domain_key = embeddings.domain_key  # the domain id, as an input of the collection
+            if self.domain_key is None:  # or PEPNet's own domain id embedding
+                self.domain_embedding = nn.Embedding(self.num_domains, cfg.domain_dim or spec.default_dim)
+                nn.init.normal_(self.domain_embedding.weight, std=0.01)
+                domain_dim = self.domain_embedding.embedding_dim
+            else:
+                domain_dim = embeddings.dims[self.domain_key]
             self.domain_side = _Group(spec, embeddings, spec.domain_features)  # E(F_d) besides the domain id
-            k = self.domain_embedding.embedding_dim + self.domain_side.width
+            k = domain_dim + self.domain_side.width
             self.epnet = EPNet(k, widths, cfg.epnet_gating, cfg.extra_input, cfg.gamma, cfg.gate_hidden)
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
         d, T = self.backbone.out_dim, self.num_tasks
         if cfg.ppnet:
             self.priors = _Group(spec, embeddings, spec.priors or _fallback_priors(spec))  # F_u ⊕ F_i ⊕ F_a
             if self.priors.width == 0:
                 raise ConfigError("pepnet: no prior features (the schema has no 'priors' and no id features)")
             gate_dim = self.priors.width + (e if cfg.extra_input != "none" else 0)
-            self.head = PPNetHead(d, T, gate_dim, cfg.tower_hidden, cfg.gamma, cfg.gate_hidden, cfg.dropout, cfg.act)
+            self.head = PPNetHead(d, T, gate_dim, cfg.tower_hidden, cfg.gamma, cfg.gate_hidden, cfg.dropout, cfg.act,
+                                  cfg.norm)
         else:
-            self.head = ParallelMLP(d, cfg.tower_hidden, T, 1, cfg.dropout, cfg.act)
+            self.head = ParallelMLP(d, cfg.tower_hidden, T, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         cfg = self.cfg
@@ -294,7 +309,8 @@ class PEPNet(MDMTModel):
         parts = [pooled[k] for k in self.field_keys] + ([batch.dense] if self.embeddings.num_dense else [])
         E = torch.cat(parts, dim=-1)  # Eq. 4: E = E(F_S) ⊕ E(F_D): [B, e]
         if cfg.epnet:
-            domain_side = torch.cat([self.domain_embedding(batch.domain), *self.domain_side(batch, pooled)], dim=-1)
+            domain_id = pooled[self.domain_key] if self.domain_key is not None else self.domain_embedding(batch.domain)
+            domain_side = torch.cat([domain_id, *self.domain_side(batch, pooled)], dim=-1)
             o_ep = self.epnet(domain_side, E)  # Eq. 5–6: O_ep = 𝒰_ep(E(F_d) ⊕ ⊘(E)) ⊗ E
         else:
             o_ep = E  # w/o EPNet
@@ -311,9 +327,7 @@ class PEPNet(MDMTModel):
 
     def optim_groups(self) -> list[OptimGroup]:
         """§2.3: dense weights on Adam, embeddings on Adagrad (lr 0.05); both configurable."""
-        emb = list(self.embeddings.tables.parameters())
-        if self.cfg.epnet:
-            emb.append(self.domain_embedding.weight)
+        emb = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
         ids = {id(p) for p in emb}
         dense = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         return [

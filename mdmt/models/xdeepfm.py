@@ -31,7 +31,7 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP
+from ..layers import Activation, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import XDeepFMBackbone, field_dim
 from .base import MDMTModel, ModelOutput, register
@@ -47,6 +47,7 @@ class XDeepFMConfig(StrictModel):
         dnn_hidden: widths of the plain DNN (Eq. 2–3).
         tower_hidden: hidden widths of each task's output tower (``[]`` = Eq. 8's linear unit).
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     cin_layers: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1)
@@ -54,6 +55,7 @@ class XDeepFMConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("xdeepfm", paper="Lian et al., KDD 2018")
@@ -73,12 +75,13 @@ class XDeepFM(MDMTModel):
         field_dim(embeddings, "xdeepfm")  # the CIN needs one embedding dim: fail at build time, clearly
         self.linear = nn.Linear(embeddings.input_dim, self.num_tasks)  # w_lin,t and b_t
         self.body = XDeepFMBackbone(embeddings.input_dim, len(embeddings.keys), cfg.dnn_hidden, cfg.cin_layers,
-                                    cfg.dropout, cfg.act)
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+                                    cfg.dropout, cfg.act, cfg.norm)
+        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        a = self.embeddings.flat_input(batch)  # [B, input_dim]
-        x0 = self.embeddings.stacked(batch)  # X^0: [B, m, D]
+        pooled = self.embeddings.pooled(batch)  # one lookup for both views
+        a = self.embeddings.flat_input(batch, pooled=pooled)  # [B, input_dim]
+        x0 = self.embeddings.stacked(batch, pooled=pooled)  # X^0: [B, m, D]
         h = self.body(a, x0)  # Eq. 2–3 and Eq. 6–7: x_dnn ⊕ p^+
         z = self.linear(a) + self.towers(h)[..., 0]  # Eq. 8 per task: w_linᵀa + b + tower_t(x_dnn ⊕ p^+)
         return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
