@@ -369,3 +369,33 @@ def test_config_is_strict():
         _build({"tower_hidden": []})
     with pytest.raises(ConfigError, match="epnet_gate"):
         _build({"epnet_gate": "field"})
+
+
+@pytest.mark.parametrize("params", [{"epnet": False}, {"ppnet": False}, {"epnet_gating": "field", "extra_input": "none"},
+                                    {"backbone": "deepfm", "backbone_params": {"hidden": [8]}}])
+def test_variants_export_with_a_dynamic_batch(params):
+    model, batch, spec = _build(params)
+    model.eval()
+
+    class Scorer(nn.Module):
+        def __init__(self, m: PEPNet) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, sparse, dense, domain, sequences, seq_lengths):
+            n = sparse.shape[0]
+            b = Batch(sparse=sparse, dense=dense, domain=domain, labels=torch.zeros(n, spec.num_tasks),
+                      label_mask=torch.ones(n, spec.num_tasks, dtype=torch.bool), group=torch.zeros(n, dtype=torch.long),
+                      sequences=sequences, seq_lengths=seq_lengths)
+            return _logits(self.m, b)
+
+    def args(b: Batch):
+        return (b.sparse, b.dense, b.domain, dict(b.sequences), dict(b.seq_lengths))
+
+    rows = {0: torch.export.Dim("B", min=2)}
+    dynamic = (rows, rows, rows, {k: rows for k in batch.sequences}, {k: rows for k in batch.seq_lengths})
+    exported = torch.export.export(Scorer(model), args(batch), dynamic_shapes=dynamic)
+    spec_, fm = _schema()
+    other = make_batch(spec_, fm, size=5, seed=7)
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(*args(other)), Scorer(model)(*args(other)), atol=1e-5)
