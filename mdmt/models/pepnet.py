@@ -306,8 +306,7 @@ class PEPNet(MDMTModel):
     def forward(self, batch: Batch) -> ModelOutput:
         cfg = self.cfg
         pooled = self.embeddings.pooled(batch)
-        parts = [pooled[k] for k in self.field_keys] + ([batch.dense] if self.embeddings.num_dense else [])
-        E = torch.cat(parts, dim=-1)  # Eq. 4: E = E(F_S) ⊕ E(F_D): [B, e]
+        E = self.embeddings.flat_input(batch, pooled=pooled)  # Eq. 4: E = E(F_S) ⊕ E(F_D): [B, e]
         if cfg.epnet:
             domain_id = pooled[self.domain_key] if self.domain_key is not None else self.domain_embedding(batch.domain)
             domain_side = torch.cat([domain_id, *self.domain_side(batch, pooled)], dim=-1)
