@@ -337,12 +337,13 @@ def test_dcn_and_xdeepfm_compose_their_parts():
     xdf = _build("xdeepfm", spec, fm).eval()
     with torch.no_grad():
         x0 = dcn.embeddings.flat_input(batch)
-        h = torch.cat([dcn.body.cross(x0), dcn.body.deep(x0)], dim=1)  # [x_L, h_L]
-        w, b = dcn.towers.weights[0], dcn.towers.biases[0]  # Eq. 5: one combination layer per task
-        assert torch.allclose(_stack(dcn, dcn(batch)), torch.einsum("bi,tio->bt", h, w) + b[:, 0], atol=1e-5)
+        h = torch.cat([dcn.backbone.cross(x0), dcn.backbone.deep(x0)], dim=1)  # [x_L, h_L]
+        r = dcn.head.rest_layers  # Eq. 5: one combination layer per task (no hidden tower layer)
+        expect = torch.einsum("bi,tio->bt", h, r.weights[0]) + r.biases[0][:, 0]
+        assert torch.allclose(_stack(dcn, dcn(batch)), expect, atol=1e-5)
         a, v = xdf.embeddings.flat_input(batch), xdf.embeddings.stacked(batch)
-        h = torch.cat([xdf.body.deep(a), xdf.body.cin(v)], dim=1)  # x_dnn ⊕ p^+
-        assert torch.allclose(_stack(xdf, xdf(batch)), xdf.linear(a) + xdf.towers(h)[..., 0], atol=1e-5)
+        h = torch.cat([xdf.backbone.deep(a), xdf.backbone.cin(v)], dim=1)  # x_dnn ⊕ p^+
+        assert torch.allclose(_stack(xdf, xdf(batch)), xdf.linear(a) + xdf.head(h), atol=1e-5)
 
 
 def test_star_partitioned_norm_updates_running_stats_only_in_training():

@@ -13,8 +13,10 @@ from mdmt.config import TrainConfig
 from mdmt.embeddings import DOMAIN_KEY
 from mdmt.layers import GateNU
 from mdmt.models import build_model
-from mdmt.models.pepnet import EPNet, PEPNet, PPNetHead
+from mdmt.models.heads import PPNetHead, PPNetParams, TowerConfig, prior_width
+from mdmt.models.pepnet import EPNet, PEPNet
 from mdmt.schema import ConfigError, DatasetSpec
+from mdmt.testing import assert_stop_gradient
 from mdmt.train.trainer import Trainer
 
 from .conftest import make_batch, make_tiny
@@ -100,7 +102,7 @@ def test_epnet_equations(gating):
 
 def test_ppnet_head_equations_and_head_contract():
     B, T, d, g_dim, hidden = 4, 3, 5, 6, [4, 3]
-    head = PPNetHead(d, T, g_dim, hidden, gamma=2.0)
+    head = PPNetHead(d, T, TowerConfig(hidden=hidden), PPNetParams(gamma=2.0), gate_dim=g_dim)
     x, g = torch.randn(B, T, d, generator=_g()), torch.randn(B, g_dim, generator=_g(1))
     out = head(x, g)
     assert out.shape == (B, T)
@@ -121,11 +123,23 @@ def test_ppnet_head_equations_and_head_contract():
     assert torch.allclose(head(x[:, 0], g), head(x[:, :1].expand(B, T, d), g))  # one input for every tower
     with pytest.raises(ValueError, match="gate input"):
         head(x)
+    with pytest.raises(ConfigError, match="gate input"):
+        PPNetHead(d, T, TowerConfig(hidden=hidden), PPNetParams(), gate_dim=0)
+
+
+def test_ppnet_head_without_hidden_layers_gates_the_logit_layer():
+    B, T, d, g_dim = 3, 2, 4, 5
+    head = PPNetHead(d, T, TowerConfig(hidden=[]), PPNetParams(), gate_dim=g_dim)
+    x, g = torch.randn(B, T, d, generator=_g()), torch.randn(B, g_dim, generator=_g(1))
+    assert torch.equal(head.first(x, g), x) and head.first_dim == d  # C_1 is the input itself
+    delta = _gate_by_hand(head.gates[0], g).view(B, T, d)
+    expect = torch.einsum("btd,tdo->bto", delta * x, head.weights[0])[..., 0] + head.biases[0][:, 0]
+    assert torch.allclose(head(x, g), expect, atol=1e-6)
 
 
 def test_ppnet_head_norm_sits_between_the_affine_layer_and_the_activation():
     B, T, d, g_dim = 5, 2, 4, 3
-    head = PPNetHead(d, T, g_dim, [3], norm="layernorm")
+    head = PPNetHead(d, T, TowerConfig(hidden=[3], norm="layernorm"), PPNetParams(), gate_dim=g_dim)
     with torch.no_grad():
         head.norms[0].weight.normal_()
         head.norms[0].bias.normal_()
@@ -150,9 +164,10 @@ def test_pepnet_forward_equals_equations_4_to_9(gating):
         pooled = emb.pooled(batch)
         E = torch.cat([pooled[k] for k in emb.keys] + [batch.dense], dim=1)  # Eq. 4
         dense_names = [f.name for f in spec.dense_features()]
-        # E(F_d): the domain id embedding, the bucketised age's embedding, the dense price value
-        side = torch.cat([emb.domain_table.weight[batch.domain], pooled["age@age"],
-                          batch.dense[:, [dense_names.index("price")]]], dim=1)
+        # E(F_d): the domain id embedding, the bucketised age's embedding, the dense price's projection
+        proj = emb.dense_projections["t_price"]
+        price = batch.dense[:, [dense_names.index("price")]] @ proj.weight.t() + proj.bias
+        side = torch.cat([emb.domain_table.weight[batch.domain], pooled["age@age"], price], dim=1)
         delta = _gate_by_hand(model.epnet.gate, torch.cat([side, E], 1))  # Eq. 5
         if gating == "field":
             widths = [emb.dims[k] for k in emb.keys] + [1] * emb.num_dense
@@ -162,7 +177,7 @@ def test_pepnet_forward_equals_equations_4_to_9(gating):
         g = torch.cat([prior, o_ep], 1)  # Eq. 7: O_prior ⊕ ⊘(O_ep)
         head = model.head
         for t in range(spec.num_tasks):
-            h = o_ep  # the towers read O_ep (backbone: none)
+            h = o_ep  # the towers read O_ep (backbone: none, block: shared)
             for l in range(len(head.weights)):
                 n = h.shape[1]
                 h = _gate_by_hand(head.gates[l], g)[:, t * n : (t + 1) * n] * h  # Eq. 8
@@ -230,6 +245,18 @@ def test_gate_paths_stop_the_gradient_into_the_embeddings():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
 
 
+def test_named_stop_gradient_paths():
+    model, batch, _ = _build()
+    assert_stop_gradient(model, batch, source="E", target="epnet.gate")  # Eq. 5: ⊘(E)
+    for l in range(3):
+        assert_stop_gradient(model, batch, source="O_ep", target=f"head.gates.{l}")  # Eq. 7: ⊘(O_ep)
+    backprop, _, _ = _build({"extra_input": "backprop"})
+    with pytest.raises(AssertionError, match="gradient flows"):
+        assert_stop_gradient(backprop, batch, source="E", target="epnet.gate")
+    with pytest.raises(AssertionError, match="gradient flows"):
+        assert_stop_gradient(backprop, batch, source="O_ep", target="head.gates.1")
+
+
 def test_backprop_variant_lets_the_gradient_through_the_gate_paths():
     model, batch, spec = _build({"extra_input": "backprop"})
     tables = _tables(model, spec)
@@ -258,7 +285,8 @@ def test_without_epnet_removes_exactly_epnet():
     full, batch, _ = _build()
     wo, _, _ = _build({"epnet": False})
     a, b = _shapes(full), _shapes(wo)
-    assert {n for n in a if n not in b} == {n for n in a if n.startswith("epnet.")}
+    # EPNet's gate, and the projection of the dense domain-side feature (price) that only EPNet reads
+    assert {n for n in a if n not in b} == {n for n in a if n.startswith(("epnet.", "embeddings.dense_projections."))}
     assert all(a[n] == s for n, s in b.items()) and set(b) <= set(a)
     wo.load_state_dict({k: v for k, v in full.state_dict().items() if k in wo.state_dict()})
     # the full model with δ_domain ≡ 1 is the model without EPNet
@@ -269,11 +297,18 @@ def test_without_epnet_removes_exactly_epnet():
 
 def test_without_ppnet_removes_exactly_ppnet():
     full, batch, _ = _build()
-    wo, _, _ = _build({"ppnet": False})
+    wo, _, _ = _build({"head": "plain"})
     a, b = _shapes(full), _shapes(wo)
-    assert {n for n in a if n not in b} == {n for n in a if n.startswith("head.gates.")}
-    assert all(a[n] == s for n, s in b.items()) and set(b) <= set(a)  # same towers, same EPNet
-    wo.load_state_dict({k: v for k, v in full.state_dict().items() if k in wo.state_dict()})
+    assert {n: s for n, s in a.items() if not n.startswith("head.")} == {
+        n: s for n, s in b.items() if not n.startswith("head.")}  # same EPNet, embeddings, backbone
+    towers = [s for n, s in a.items() if n.startswith(("head.weights.", "head.biases."))]
+    assert sorted(towers) == sorted(s for n, s in b.items() if n.startswith("head."))  # same towers, no gates
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("head.")}
+    hw, hb = full.head.weights, full.head.biases  # plain head: first layer, then the rest
+    state.update({"head.first_layer.weights.0": hw[0], "head.first_layer.biases.0": hb[0],
+                  "head.rest_layers.weights.0": hw[1], "head.rest_layers.biases.0": hb[1],
+                  "head.rest_layers.weights.1": hw[2], "head.rest_layers.biases.1": hb[2]})
+    wo.load_state_dict(state)
     for gate in full.head.gates:  # the full model with every δ_task ≡ 1 is the model without PPNet
         gate.forward = (lambda n: lambda x: torch.ones(x.shape[0], n))(gate.out_dim)
     with torch.no_grad():
@@ -281,27 +316,27 @@ def test_without_ppnet_removes_exactly_ppnet():
 
 
 def test_without_both_is_plain_towers_on_the_embedding():
-    model, batch, spec = _build({"epnet": False, "ppnet": False})
+    model, batch, spec = _build({"epnet": False, "head": "plain"})
     assert not any(isinstance(m, GateNU) for m in model.modules())
     with torch.no_grad():
         x = model.embeddings.flat_input(batch)
-        assert torch.allclose(_logits(model.eval(), batch), model.head(x)[..., 0], atol=1e-6)
+        assert torch.allclose(_logits(model.eval(), batch), model.head(x), atol=1e-6)
 
 
 def test_without_extra_input_the_gates_read_only_their_priors():
     model, batch, _ = _build({"extra_input": "none"})
     e = model.embeddings.input_dim
-    assert model.epnet.gate.in_dim == 8 + 8 + 1  # domain id (default_dim 8), age embedding, price
+    assert model.epnet.gate.in_dim == 8 + 8 + 8  # domain id, age embedding, price projection (all 8 wide)
     assert all(g.in_dim == 16 for g in model.head.gates)  # user_id ⊕ item_id
     full, _, _ = _build()
-    assert full.epnet.gate.in_dim == 17 + e and all(g.in_dim == 16 + e for g in full.head.gates)
+    assert full.epnet.gate.in_dim == 24 + e and all(g.in_dim == 16 + e for g in full.head.gates)
     _loss(model, batch).backward()  # trains
 
 
 # ---------------------------------------------------------------------------------------------
 # Domains, fallbacks, backbones, optimizers
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("params", [{}, {"ppnet": False}, {"epnet_gating": "field"}])
+@pytest.mark.parametrize("params", [{}, {"head": "plain"}, {"epnet_gating": "field"}, {"block": "mmoe"}])
 def test_outputs_change_with_the_domain(params):
     model, batch, spec = _build(params, domain_features=())
     moved = batch.index(torch.arange(len(batch)))
@@ -327,17 +362,19 @@ def test_own_domain_embedding_when_the_domain_is_not_an_input():
 
 def test_fallbacks_without_priors_or_domain_features():
     model, batch, _ = _build(priors=(), domain_features=())
-    # priors: the user- and item-side id features; domain side: the domain id alone
-    assert model.priors.keys == ["user_id@user_id", "item_id@item_id", "category@category", "age@age"]
-    assert model.domain_side.width == 0 and model.epnet.gate.in_dim == 8 + model.embeddings.input_dim
+    # priors: the user- and item-side id features (user_id, item_id, category, bucketised age)
+    assert prior_width(model.embeddings) == 4 * 8 and model.head.gates[0].in_dim == 32 + model.embeddings.input_dim
+    assert model.epnet.gate.in_dim == 8 + model.embeddings.input_dim  # domain side: the domain id alone
     _loss(model, batch).backward()
-    with pytest.raises(ConfigError, match="sequence"):
-        _build(priors=("hist_item",))
+    seq, _, _ = _build(priors=("user_id", "hist_item"))  # a sequence prior enters mean-pooled
+    assert prior_width(seq.embeddings) == 16
 
 
-@pytest.mark.parametrize("backbone", ["mlp", "dcnv2", "deepfm"])
-def test_pepnet_on_other_backbones(backbone):
-    model, batch, _ = _build({"backbone": backbone, "backbone_params": {"hidden": [8], "cross_layers": 1}})
+@pytest.mark.parametrize("backbone, block", [("mlp", "shared"), ("dcnv2", "shared"), ("deepfm", "shared"),
+                                             ("dcn", "mmoe"), ("xdeepfm", "ple"), ("none", "mmoe")])
+def test_pepnet_on_other_backbones_and_blocks(backbone, block):
+    model, batch, _ = _build({"backbone": backbone, "block": block, "block_params": {"num_experts": 2, "expert_hidden": [6]},
+                              "backbone_params": {"hidden": [8], "cross_layers": 1, "cin_layers": [3]}})
     _loss(model, batch).backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
@@ -353,6 +390,8 @@ def test_optimizer_groups_adagrad_embeddings_adam_dense():
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
     assert {id(p) for p in emb.params} == {id(p) for p in model.embeddings.tables.parameters()} | {
         id(model.embeddings.domain_table.weight)}
+    projections = {id(p) for p in model.embeddings.dense_projections.parameters()}
+    assert projections and projections <= {id(p) for p in groups["dense"].params}  # price's projection
     trainer = Trainer(model, TrainConfig(lr=1e-3), score_fn=lambda p: 0.0)
     kinds = {type(o).__name__: o.param_groups[0]["lr"] for o in trainer.optimizers}
     assert kinds == {"Adam": 1e-3, "Adagrad": 0.05}
@@ -365,13 +404,15 @@ def test_optimizer_groups_adagrad_embeddings_adam_dense():
 def test_config_is_strict():
     with pytest.raises(ConfigError, match="extra_input"):
         _build({"extra_input": "sometimes"})
-    with pytest.raises(ConfigError, match="tower_hidden"):
-        _build({"tower_hidden": []})
     with pytest.raises(ConfigError, match="epnet_gate"):
         _build({"epnet_gate": "field"})
+    with pytest.raises(ConfigError, match="head_params"):
+        _build({"head_params": {"gama": 3}})
+    own, _, _ = _build({"gamma": 3.0, "head_params": {"gamma": 1.5}})  # the PPNet gates' own γ
+    assert own.epnet.gate.gamma == 3.0 and all(g.gamma == 1.5 for g in own.head.gates)
 
 
-@pytest.mark.parametrize("params", [{"epnet": False}, {"ppnet": False}, {"epnet_gating": "field", "extra_input": "none"},
+@pytest.mark.parametrize("params", [{"epnet": False}, {"head": "plain"}, {"epnet_gating": "field", "extra_input": "none"},
                                     {"backbone": "deepfm", "backbone_params": {"hidden": [8]}}])
 def test_variants_export_with_a_dynamic_batch(params):
     model, batch, spec = _build(params)

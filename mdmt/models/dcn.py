@@ -10,7 +10,9 @@ deep network in parallel::
 Multi-task: the cross and deep networks are shared; each task has its own combination layer.
 With ``tower_hidden: []`` it is Eq. 5's single linear layer per task; by default (as for the
 other baselines here) a small tower ``[32]`` precedes the logit. The sigmoid is applied outside.
-It is the ``dcn`` backbone (:class:`~mdmt.models.backbones.DCNBackbone`) with per-task towers.
+
+Composition: the ``dcn`` backbone (:class:`~mdmt.models.backbones.DCNBackbone`, Eq. 3 ∥ Eq. 4)
+-> ``shared`` block -> head (plain towers by default: Eq. 5 per task).
 
 Example::
 
@@ -26,31 +28,32 @@ from pydantic import Field, PositiveInt
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Norm, ParallelMLP
-from ..schema import DatasetSpec, StrictModel
-from .backbones import DCNBackbone
+from ..schema import DatasetSpec
+from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import SharedBlock
+from .compose import HeadedConfig
+from .heads import build_head
 
 __all__ = ["DCNConfig", "DCN"]
 
 
-class DCNConfig(StrictModel):
-    """Config of ``dcn``.
+class DCNConfig(HeadedConfig):
+    """Config of ``dcn``: the fields of :class:`~mdmt.models.compose.HeadedConfig` (head, tower
+    widths = each task's combination tower, ``[]`` for Eq. 5 exactly; dropout, act, norm), plus:
 
     Attributes:
         cross_layers: ``L`` cross layers (Eq. 3).
         deep_hidden: widths of the deep network (Eq. 4).
-        tower_hidden: hidden widths of each task's combination tower (``[]`` = Eq. 5 exactly).
-        dropout, act: of the hidden layers.
-        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     cross_layers: PositiveInt = 3
     deep_hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
-    norm: Norm = "none"
+
+    def backbone(self) -> BackboneConfig:
+        """The ``dcn`` backbone's settings."""
+        return BackboneConfig(hidden=self.deep_hidden, cross_layers=self.cross_layers, dropout=self.dropout,
+                              act=self.act)
 
 
 @register("dcn", paper="Wang et al., ADKDD 2017")
@@ -66,11 +69,13 @@ class DCN(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: DCNConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        self.body = DCNBackbone(embeddings.input_dim, cfg.deep_hidden, cfg.cross_layers, cfg.dropout, cfg.act, cfg.norm)
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
+        self.backbone = build_backbone("dcn", embeddings, cfg.backbone(), cfg.norm)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x0 = self.embeddings.flat_input(batch)  # Eq. 1–2: x_0 = [x_embed,1, ..., x_embed,k, x_dense]
-        h = self.body(x0)  # Eq. 3 ∥ Eq. 4: [x_L, h_L]
-        z = self.towers(h)[..., 0]  # Eq. 5 per task: [B, T]
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        pooled = self.embeddings.pooled(batch)
+        # Eq. 1–2: x_0 = [x_embed,1, ..., x_embed,k, x_dense]; Eq. 3 ∥ Eq. 4: [x_L, h_L]
+        h = self.backbone.embed(batch, self.embeddings, pooled)
+        z = self.block(h, batch.domain)  # every task reads [x_L, h_L]: [B, T, H]
+        return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # Eq. 5 per task

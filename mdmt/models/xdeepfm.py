@@ -12,9 +12,11 @@ concatenation::
 Multi-task: the DNN and the CIN are shared; each task has its own linear part ``w_lin,t`` and its
 own tower over ``x_dnn ⊕ p^+`` (``tower_hidden: []`` is Eq. 8's linear output unit). The linear
 part reads the flat input (embeddings and dense features), as in ``deepfm``: an id's first-order
-weight is tied to its embedding. The sigmoid is applied outside. The DNN ⊕ CIN part is the
-``xdeepfm`` backbone (:class:`~mdmt.models.backbones.XDeepFMBackbone`); the CIN needs one
-embedding dim for every table.
+weight is tied to its embedding. The sigmoid is applied outside. The CIN needs one embedding dim
+for every table.
+
+Composition: the ``xdeepfm`` backbone (:class:`~mdmt.models.backbones.XDeepFMBackbone`,
+``x_dnn ⊕ p^+``) -> ``shared`` block -> head (plain towers by default), plus the linear part.
 
 Example::
 
@@ -31,31 +33,31 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Norm, ParallelMLP
-from ..schema import DatasetSpec, StrictModel
-from .backbones import XDeepFMBackbone, field_dim
+from ..schema import DatasetSpec
+from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
+from .blocks import SharedBlock
+from .compose import HeadedConfig
+from .heads import build_head
 
 __all__ = ["XDeepFMConfig", "XDeepFM"]
 
 
-class XDeepFMConfig(StrictModel):
-    """Config of ``xdeepfm``.
+class XDeepFMConfig(HeadedConfig):
+    """Config of ``xdeepfm``: the fields of :class:`~mdmt.models.compose.HeadedConfig` (head, tower
+    widths = each task's output tower, ``[]`` for Eq. 8's linear unit; dropout, act, norm), plus:
 
     Attributes:
         cin_layers: feature maps ``H_k`` of each CIN layer (Eq. 6).
         dnn_hidden: widths of the plain DNN (Eq. 2–3).
-        tower_hidden: hidden widths of each task's output tower (``[]`` = Eq. 8's linear unit).
-        dropout, act: of the hidden layers.
-        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     cin_layers: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1)
     dnn_hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
-    norm: Norm = "none"
+
+    def backbone(self) -> BackboneConfig:
+        """The ``xdeepfm`` backbone's settings."""
+        return BackboneConfig(hidden=self.dnn_hidden, cin_layers=self.cin_layers, dropout=self.dropout, act=self.act)
 
 
 @register("xdeepfm", paper="Lian et al., KDD 2018")
@@ -72,16 +74,15 @@ class XDeepFM(MDMTModel):
     def __init__(self, spec: DatasetSpec, embeddings: EmbeddingCollection, cfg: XDeepFMConfig) -> None:
         super().__init__(spec, embeddings)
         self.cfg = cfg
-        field_dim(embeddings, "xdeepfm")  # the CIN needs one embedding dim: fail at build time, clearly
         self.linear = nn.Linear(embeddings.input_dim, self.num_tasks)  # w_lin,t and b_t
-        self.body = XDeepFMBackbone(embeddings.input_dim, len(embeddings.keys), cfg.dnn_hidden, cfg.cin_layers,
-                                    cfg.dropout, cfg.act, cfg.norm)
-        self.towers = ParallelMLP(self.body.out_dim, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
+        self.backbone = build_backbone("xdeepfm", embeddings, cfg.backbone(), cfg.norm)  # DNN ⊕ CIN
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        pooled = self.embeddings.pooled(batch)  # one lookup for both views
+        pooled = self.embeddings.pooled(batch)  # one lookup for every view
         a = self.embeddings.flat_input(batch, pooled=pooled)  # [B, input_dim]
-        x0 = self.embeddings.stacked(batch, pooled=pooled)  # X^0: [B, m, D]
-        h = self.body(a, x0)  # Eq. 2–3 and Eq. 6–7: x_dnn ⊕ p^+
-        z = self.linear(a) + self.towers(h)[..., 0]  # Eq. 8 per task: w_linᵀa + b + tower_t(x_dnn ⊕ p^+)
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        h = self.backbone(a, self.embeddings.stacked(batch, pooled=pooled))  # Eq. 2–3, Eq. 6–7: x_dnn ⊕ p^+
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        towers = self.head(z, self.head.gate_input(self.embeddings, batch, pooled))  # [B, T]
+        return self.output(self.linear(a) + towers)  # Eq. 8 per task: w_linᵀa + b + tower_t(x_dnn ⊕ p^+)
