@@ -33,7 +33,7 @@ from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import HeadedConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["DCNConfig", "DCN"]
 
@@ -70,12 +70,12 @@ class DCN(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         self.backbone = build_backbone("dcn", embeddings, cfg.backbone(), cfg.norm)
-        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.embeddings.pooled(batch)
         # Eq. 1–2: x_0 = [x_embed,1, ..., x_embed,k, x_dense]; Eq. 3 ∥ Eq. 4: [x_L, h_L]
         h = self.backbone.embed(batch, self.embeddings, pooled)
-        z = self.block(h, batch.domain)  # every task reads [x_L, h_L]: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads [x_L, h_L]: [B, T, H] ([B, H] for a shared_input head)
         return self.output(self.head(z, self.head.gate_input(self.embeddings, batch, pooled)))  # Eq. 5 per task

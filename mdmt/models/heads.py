@@ -303,6 +303,7 @@ class PPNetHead(Head):
     """
 
     config_class = PPNetParams
+    shared_input = True  # [B, d] is broadcast to the towers; the per-task gates make it [B, T, d]
 
     def __init__(self, in_dim: int, num_tasks: int, towers: TowerConfig, cfg: StrictModel, gate_dim: int = 0) -> None:
         super().__init__(in_dim, num_tasks, towers, cfg, gate_dim)
@@ -324,7 +325,7 @@ class PPNetHead(Head):
         self.dropout = nn.Dropout(towers.dropout) if towers.dropout > 0 else nn.Identity()
 
     @classmethod
-    def gate_dim(cls, embeddings: EmbeddingCollection, cfg: StrictModel) -> int:
+    def gate_width(cls, embeddings: EmbeddingCollection, cfg: StrictModel) -> int:
         return prior_width(embeddings)
 
     def gate_input(self, embeddings: EmbeddingCollection, batch: Batch, pooled: dict[str, Tensor]) -> Tensor | None:

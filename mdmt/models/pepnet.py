@@ -61,7 +61,7 @@ from .backbones import BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, OptimGroup, register
 from .blocks import BlockConfig, BlockKind, build_block
 from .compose import CompositionConfig
-from .heads import PPNetHead, PPNetParams, build_head, prior_input, prior_width
+from .heads import PPNetHead, PPNetParams, build_head, prior_input, prior_width, reads_shared_input
 
 __all__ = ["PEPNetConfig", "EPNet", "PEPNet", "ExtraInput", "extra_input"]
 
@@ -174,7 +174,7 @@ class PEPNet(MDMTModel):
             self.epnet = EPNet(k, widths, cfg.epnet_gating, cfg.extra_input, cfg.gamma, cfg.gate_hidden)
         self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
         self.block = build_block(cfg.block, self.backbone.out_dim, self.num_tasks, cfg.block_params,
-                                 cfg.dropout, cfg.act, cfg.norm)
+                                 cfg.dropout, cfg.act, cfg.norm, expand=not reads_shared_input(cfg.head))
         self.own_gate = cfg.head == "ppnet"  # PPNet reads O_prior ⊕ ⊘(O_ep), not only the priors
         if self.own_gate:
             params = PPNetParams(**{"gamma": cfg.gamma, "gate_hidden": cfg.gate_hidden, **cfg.head_params})
@@ -202,7 +202,7 @@ class PEPNet(MDMTModel):
             n = E.shape[1] - self.embeddings.num_dense
             fields = o_ep[:, :n].reshape(E.shape[0], len(self.embeddings.keys), -1)
         h = self.backbone(o_ep, fields)  # H (identity by default): [B, H]
-        z = self.block(h, batch.domain)  # one representation per task: [B, T, d]
+        z = self.block(h, batch.domain)  # one representation per task: [B, T, d] (or [B, d], shared)
         if self.own_gate:  # Eq. 7: δ_task = 𝒰_pp(O_prior ⊕ ⊘(O_ep))
             g = torch.cat([prior_input(self.embeddings, batch, pooled), *extra_input(o_ep, cfg.extra_input, "O_ep")],
                           dim=-1)

@@ -38,7 +38,7 @@ from .backbones import BackboneConfig, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import SharedBlock
 from .compose import HeadedConfig
-from .heads import build_head
+from .heads import build_head, reads_shared_input
 
 __all__ = ["XDeepFMConfig", "XDeepFM"]
 
@@ -76,13 +76,13 @@ class XDeepFM(MDMTModel):
         self.cfg = cfg
         self.linear = nn.Linear(embeddings.input_dim, self.num_tasks)  # w_lin,t and b_t
         self.backbone = build_backbone("xdeepfm", embeddings, cfg.backbone(), cfg.norm)  # DNN ⊕ CIN
-        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks)
+        self.block = SharedBlock(self.backbone.out_dim, self.num_tasks, expand=not reads_shared_input(cfg.head))
         self.head = build_head(cfg.head, self.block.out_dim, self.num_tasks, cfg.towers(), cfg.head_params, embeddings)
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.embeddings.pooled(batch)  # one lookup for every view
         a = self.embeddings.flat_input(batch, pooled=pooled)  # [B, input_dim]
         h = self.backbone(a, self.embeddings.stacked(batch, pooled=pooled))  # Eq. 2–3, Eq. 6–7: x_dnn ⊕ p^+
-        z = self.block(h, batch.domain)  # every task reads h: [B, T, H]
+        z = self.block(h, batch.domain)  # every task reads h: [B, T, H] ([B, H] for a shared_input head)
         towers = self.head(z, self.head.gate_input(self.embeddings, batch, pooled))  # [B, T]
         return self.output(self.linear(a) + towers)  # Eq. 8 per task: w_linᵀa + b + tower_t(x_dnn ⊕ p^+)
