@@ -1,4 +1,4 @@
-"""Bad inputs in PEPNet's settings: its ablation switches and the ppnet head's own options."""
+"""Bad inputs for the models of issue 11: PEPNet's ablation switch, the ppnet head's options, xDeepFM's dims."""
 
 from __future__ import annotations
 
@@ -15,3 +15,10 @@ def pepnet_unknown_extra_input(ws: Workspace) -> list[str]:
 def ppnet_misspelt_head_param(ws: Workspace) -> list[str]:
     ws.project(model="mmoe")
     return ["train", "exp.yaml", "--set", "model.params.head=ppnet", "--set", "model.params.head_params.gama=3"]
+
+
+@bad_input("schema", "xDeepFM on tables of different embedding dims", expect="one embedding dim")
+def xdeepfm_mixed_dims(ws: Workspace) -> list[str]:
+    ws.project(model="xdeepfm")
+    ws.edit("schema.yaml", "domain:", "tables:\n  - {name: users, dim: 4, features: [user_id]}\ndomain:")
+    return ["train", "exp.yaml"]
