@@ -399,6 +399,9 @@ def test_optimizer_groups_adagrad_embeddings_adam_dense():
                            "dense_lr": 0.1})
     groups = {g.name: (g.optimizer, g.lr) for g in custom.optim_groups()}
     assert groups == {"embeddings": ("adam", 0.01), "dense": ("sgd", 0.1)}
+    inherit, _, _ = _build({"embedding_optimizer": None, "embedding_lr": None, "dense_optimizer": None})
+    trainer = Trainer(inherit, TrainConfig(lr=2e-3, optimizer="adamw"), score_fn=lambda p: 0.0)
+    assert [(type(o).__name__, o.param_groups[0]["lr"]) for o in trainer.optimizers] == [("AdamW", 2e-3)] * 2
 
 
 def test_config_is_strict():

@@ -94,7 +94,9 @@ class PEPNetConfig(CompositionConfig):
         domain_dim: width of PEPNet's own domain id embedding, used only when the domain is not an
             input of the embedding collection (default: the schema's ``default_dim``).
         embedding_optimizer, embedding_lr: the embeddings' optimizer (§2.3: Adagrad, 0.05).
-        dense_optimizer, dense_lr: the other weights' optimizer (Adam; ``None`` = the trainer's lr).
+        dense_optimizer, dense_lr: the other weights' optimizer (Adam, the trainer's lr).
+            Any of the four set to ``None`` inherits ``train.optimizer`` / ``train.lr`` (e.g. one
+            Adam for everything, as the paper's offline comparison in §3.1.3 has it).
     """
 
     head: str = "ppnet"
@@ -108,9 +110,9 @@ class PEPNetConfig(CompositionConfig):
     gamma: PositiveFloat = 2.0
     gate_hidden: PositiveInt | None = None
     domain_dim: PositiveInt | None = None
-    embedding_optimizer: Optimizer = "adagrad"
-    embedding_lr: PositiveFloat = 0.05
-    dense_optimizer: Optimizer = "adam"
+    embedding_optimizer: Optimizer | None = "adagrad"
+    embedding_lr: PositiveFloat | None = 0.05
+    dense_optimizer: Optimizer | None = "adam"
     dense_lr: PositiveFloat | None = None
 
 
