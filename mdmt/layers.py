@@ -18,6 +18,12 @@ Contents:
   star-topology linear layer, both routed through :func:`domain_select`.
 * :func:`stop_gradient` and :func:`tap`: a paper's ⊘ (stop-gradient) and a named activation,
   so tests can check gradient paths (:mod:`mdmt.testing`).
+* :func:`masked_softmax`, :class:`MultiHeadAttention`, :class:`MultiHeadSelfAttention`,
+  :class:`TransformerLayer` (post-LN), and the target attentions :class:`DINAttention` and
+  :class:`DotTargetAttention`, all with masks for padded positions.
+* :class:`GateNU`: PEPNet's gate neural unit, prior information -> a gate in ``(0, γ)``.
+* :class:`CrossNetV1` (DCN's cross network) and :class:`CIN` (xDeepFM's compressed interaction
+  network).
 """
 
 from __future__ import annotations
@@ -45,6 +51,15 @@ __all__ = [
     "StarLinear",
     "stop_gradient",
     "tap",
+    "masked_softmax",
+    "MultiHeadAttention",
+    "MultiHeadSelfAttention",
+    "TransformerLayer",
+    "DINAttention",
+    "DotTargetAttention",
+    "GateNU",
+    "CrossNetV1",
+    "CIN",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -540,3 +555,377 @@ def stop_gradient(x: Tensor, name: str | None = None) -> Tensor:
     if name is not None:
         tap(out, name + "/stopped")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention: multi-head (self-)attention, target attention, a post-LN Transformer layer
+# ---------------------------------------------------------------------------------------------
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` restricted to the positions where ``mask`` is True.
+
+    Masked positions get weight exactly 0. A row whose positions are all masked (an empty
+    behaviour sequence) gets all-zero weights, so it attends to nothing instead of to padding,
+    and never produces NaN (``torch.finfo.min`` is used instead of ``-inf``).
+
+    Shapes: ``scores`` ``[..., L]``, ``mask`` bool broadcastable to it (True = a real position).
+
+    Example::
+
+        >>> import torch
+        >>> masked_softmax(torch.zeros(2, 3), torch.tensor([[True, True, False], [False, False, False]])).tolist()
+        [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    """
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask.to(scores.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al., NeurIPS'17; PMTA Eq. 4–5).
+
+    With ``h`` heads of width ``d_h = dim / h``::
+
+        head_i    = Attention(Q W_i^Q, K W_i^K, V W_i^V)                     # Eq. 4b
+        Attention = softmax(Q Kᵀ / sqrt(d_h)) V   (masked keys get weight 0) # Eq. 5
+        MHA       = Concat(head_1, ..., head_h) W^O                          # Eq. 4a
+
+    Every projection is an affine ``nn.Linear`` (``bias=False`` drops the biases), laid out like
+    ``torch.nn.MultiheadAttention``'s ``in_proj`` / ``out_proj``.
+
+    Args:
+        dim: query and output width (a multiple of ``num_heads``).
+        num_heads: ``h``.
+        kdim, vdim: key and value input widths (default ``dim``; ``vdim`` defaults to ``kdim``).
+        bias: affine projections.
+        dropout: on the attention weights (training only).
+
+    Shapes:
+        ``query`` ``[B, Lq, dim]``, ``key`` ``[B, Lk, kdim]``, ``value`` ``[B, Lk, vdim]`` (default:
+        ``key``), ``key_mask`` ``[B, Lk]`` bool (True = a real position) -> ``[B, Lq, dim]``. A query
+        whose keys are all masked gets ``out_proj``'s bias (zero context).
+
+    Example::
+
+        >>> import torch
+        >>> mha = MultiHeadAttention(8, num_heads=2)
+        >>> mha(torch.randn(3, 1, 8), torch.randn(3, 5, 8), key_mask=torch.ones(3, 5, dtype=torch.bool)).shape
+        torch.Size([3, 1, 8])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not a multiple of num_heads={num_heads}")
+        kdim = kdim or dim
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=bias)  # W^Q (all heads)
+        self.k_proj = nn.Linear(kdim, dim, bias=bias)  # W^K
+        self.v_proj = nn.Linear(vdim or kdim, dim, bias=bias)  # W^V
+        self.out_proj = nn.Linear(dim, dim, bias=bias)  # W^O
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, L, dim] -> [B, h, L, d_h]``."""
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        value = key if value is None else value
+        q = self._heads(self.q_proj(query))  # Q W_i^Q: [B, h, Lq, d_h]
+        k = self._heads(self.k_proj(key))  # K W_i^K: [B, h, Lk, d_h]
+        v = self._heads(self.v_proj(value))  # V W_i^V: [B, h, Lk, d_h]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # Eq. 5: Q Kᵀ / sqrt(d_k): [B, h, Lq, Lk]
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        w = self.dropout(masked_softmax(scores, mask))
+        heads = (w @ v).transpose(-3, -2)  # head_i, Eq. 4b: [B, Lq, h, d_h]
+        return self.out_proj(heads.reshape(*heads.shape[:-2], self.dim))  # Eq. 4a: Concat(...) W^O
+
+
+class MultiHeadSelfAttention(MultiHeadAttention):
+    """Multi-head self-attention: :class:`MultiHeadAttention` with ``Q = K = V = X``.
+
+    Shapes: ``x`` ``[B, L, dim]``, ``mask`` ``[B, L]`` bool (True = a real position) ->
+    ``[B, L, dim]``. Padded positions are never attended to; their own outputs are computed like
+    any other row and must be ignored (masked or pooled away) by the caller.
+
+    Example::
+
+        >>> import torch
+        >>> MultiHeadSelfAttention(8, num_heads=4)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, bias=bias, dropout=dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return super().forward(x, x, x, key_mask=mask)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN Transformer encoder layer (PMTA Eq. 4–7; Vaswani et al., NeurIPS'17)::
+
+        FFN(X)  = ReLU(X W_1 + b_1) W_2 + b_2                 # Eq. 6
+        X^SA    = LN(MHA(X) + X)                              # Eq. 7a
+        X'      = LN(FFN(X^SA) + X^SA)                        # Eq. 7b
+
+    Args:
+        dim: token width.
+        num_heads: attention heads (``dim`` must be a multiple).
+        ffn_dim: hidden width of the FFN (default ``4 * dim``).
+        dropout: on the attention weights and after the attention and FFN outputs.
+        eps: LayerNorm epsilon.
+
+    Shapes: ``x`` ``[B, L, dim]``, ``mask`` ``[B, L]`` bool (True = a real position) ->
+    ``[B, L, dim]``; padded positions are never attended to, and their outputs are to be ignored.
+
+    Example::
+
+        >>> import torch
+        >>> TransformerLayer(8, num_heads=2, ffn_dim=16)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, ffn_dim: int | None = None, dropout: float = 0.0,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim, num_heads, dropout=dropout)
+        self.linear1 = nn.Linear(dim, ffn_dim or 4 * dim)  # W_1, b_1
+        self.linear2 = nn.Linear(ffn_dim or 4 * dim, dim)  # W_2, b_2
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def ffn(self, x: Tensor) -> Tensor:
+        """Eq. 6: ``ReLU(X W_1 + b_1) W_2 + b_2``."""
+        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.norm1(x + self.dropout(self.attn(x, mask)))  # Eq. 7a: X^SA = LN(MHA(X) + X)
+        return self.norm2(x + self.dropout(self.ffn(x)))  # Eq. 7b: LN(FFN(X^SA) + X^SA)
+
+
+class DINAttention(nn.Module):
+    """DIN target attention (Zhou et al., KDD'18, "Deep Interest Network"; its activation unit).
+
+    A target (the candidate item) weighs each behaviour ``e_j`` of a sequence with an MLP of the
+    pair, and the weighted sum is the user's interest in that target::
+
+        a_j = MLP([e_j, q, e_j − q, e_j ⊙ q])     # activation unit -> a scalar per position
+        v_U(q) = Σ_j a_j e_j                     # over the real (unmasked) positions
+
+    DIN leaves the weights unnormalised (``normalize=False``) so the sum keeps the intensity of
+    the interest; ``normalize=True`` takes a masked softmax of ``a`` over the positions instead.
+    The query may be one target per row (``[B, d]``) or one query per position (``[B, L, d]``,
+    e.g. ADS's generated multi-queries).
+
+    Args:
+        dim: width of the query and of the sequence items (equal, as in DIN).
+        hidden: hidden widths of the activation unit (a final Linear -> 1 follows).
+        act: its activation.
+        normalize: softmax-normalise the weights over the real positions.
+
+    Shapes: ``query`` ``[B, d]`` or ``[B, L, d]``, ``keys`` ``[B, L, d]``, ``mask`` ``[B, L]`` bool
+    (True = a real position) -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> att = DINAttention(4, hidden=[8])
+        >>> att(torch.randn(2, 4), torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, dim: int, hidden: list[int] | None = None, act: str = "prelu", normalize: bool = False) -> None:
+        super().__init__()
+        self.unit = MLP(4 * dim, [36] if hidden is None else hidden, out_dim=1, act=act)
+        self.normalize = normalize
+
+    def weights(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The attention weights ``a_j``: ``[B, L]`` (0 at masked positions)."""
+        q = query.unsqueeze(1).expand_as(keys) if query.dim() == 2 else query
+        a = self.unit(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)  # a_j: [B, L]
+        if self.normalize:
+            return masked_softmax(a, mask)
+        return a if mask is None else a * mask.to(a.dtype)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        return torch.einsum("bl,bld->bd", self.weights(query, keys, mask), keys)  # Σ_j a_j e_j
+
+
+class DotTargetAttention(MultiHeadAttention):
+    """Scaled dot-product target attention: one target query over a masked sequence.
+
+    With the projections of :class:`MultiHeadAttention` and ``h`` heads::
+
+        s_{i,j} = (q W_i^Q) · (k_j W_i^K) / sqrt(d_h)              # one score per head and position
+        head_i  = Σ_j softmax_j(s_{i,j}) (v_j W_i^V)                # over the real positions
+        out     = Concat(head_1, ..., head_h) W^O
+
+    With one query per row (``[B, dq]``) this is :class:`MultiHeadAttention` with ``Lq = 1``.
+    With one query per position (``[B, L, dq]``, ADS's generated multi-queries) position ``j`` is
+    scored with its own query ``q_j``.
+
+    Args:
+        dim: attention and output width (a multiple of ``num_heads``); also the query width.
+        num_heads: ``h``.
+        kdim: width of the sequence items (default ``dim``).
+        bias, dropout: as in :class:`MultiHeadAttention`.
+
+    Shapes: ``query`` ``[B, dim]`` or ``[B, L, dim]``, ``keys`` ``[B, L, kdim]``, ``mask``
+    ``[B, L]`` bool (True = a real position) -> ``[B, dim]`` (a row with no real position gets
+    ``out_proj``'s bias).
+
+    Example::
+
+        >>> import torch
+        >>> att = DotTargetAttention(8, num_heads=2, kdim=6)
+        >>> att(torch.randn(3, 8), torch.randn(3, 5, 6), torch.ones(3, 5, dtype=torch.bool)).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, kdim: int | None = None, bias: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, kdim=kdim, bias=bias, dropout=dropout)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        B, L = keys.shape[0], keys.shape[1]
+        q = self.q_proj(query).reshape(B, -1, self.num_heads, self.head_dim)  # [B, 1 or L, h, d_h]
+        k = self.k_proj(keys).reshape(B, L, self.num_heads, self.head_dim)  # [B, L, h, d_h]
+        v = self.v_proj(keys).reshape(B, L, self.num_heads, self.head_dim)
+        scores = (q * k).sum(-1) / math.sqrt(self.head_dim)  # s_{i,j}: [B, L, h]
+        w = self.dropout(masked_softmax(scores, None if mask is None else mask.unsqueeze(-1), dim=1))
+        heads = torch.einsum("blh,blhe->bhe", w, v)  # head_i: [B, h, d_h]
+        return self.out_proj(heads.reshape(B, self.dim))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates from prior information (PEPNet's Gate NU)
+# ---------------------------------------------------------------------------------------------
+class GateNU(nn.Module):
+    """Gate Neural Unit (PEPNet, Chang et al., KDD'23, §2.2.1): prior information -> a scaling gate.
+
+    Two layers::
+
+        x' = ReLU(x W + b)                       # Eq. 2
+        δ  = γ · sigmoid(x' W' + b')             # Eq. 3, every entry in (0, γ)
+
+    With ``γ = 2`` the gate is centred at 1: it can amplify (up to 2x) or damp each unit it scales.
+
+    Args:
+        in_dim: width of the prior input ``x``.
+        out_dim: number of gate values (the width of what the gate scales).
+        hidden: width of ``x'`` (default ``in_dim``).
+        gamma: ``γ``, the scale of the sigmoid.
+
+    Shapes: ``x`` ``[..., in_dim]`` -> ``δ`` ``[..., out_dim]``.
+
+    Example::
+
+        >>> import torch
+        >>> g = GateNU(6, 4)(torch.randn(3, 6))
+        >>> g.shape, bool(((g > 0) & (g < 2)).all())
+        (torch.Size([3, 4]), True)
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.layer1 = nn.Linear(in_dim, hidden or in_dim)  # W, b
+        self.layer2 = nn.Linear(hidden or in_dim, out_dim)  # W', b'
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.layer1(x))  # Eq. 2: x' = ReLU(xW + b)
+        return self.gamma * torch.sigmoid(self.layer2(h))  # Eq. 3: δ = γ·sigmoid(x'W' + b')
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature crossing: DCN's cross network (v1) and xDeepFM's compressed interaction network
+# ---------------------------------------------------------------------------------------------
+class CrossNetV1(nn.Module):
+    """The cross network of DCN (Wang et al., ADKDD'17, "Deep & Cross Network", Eq. 3).
+
+    Layer ``l`` maps ``x_l`` to ``x_{l+1}`` with a weight vector ``w_l`` and a bias ``b_l`` (both
+    ``[d]``)::
+
+        x_{l+1} = x_0 x_lᵀ w_l + b_l + x_l  =  x_0 · (x_l · w_l) + b_l + x_l
+
+    so each layer adds one degree of crossing with ``2d`` parameters.
+
+    Shapes: ``x0`` ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> CrossNetV1(6, num_layers=2)(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, in_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = in_dim
+        self.num_layers = num_layers
+        self.weight = nn.Parameter(torch.empty(num_layers, in_dim))  # w_l
+        self.bias = nn.Parameter(torch.zeros(num_layers, in_dim))  # b_l
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / (in_dim + 1)))  # Xavier for each [d, 1] w_l
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for l in range(self.num_layers):
+            # Eq. 3: x_{l+1} = x_0 x_lᵀ w_l + b_l + x_l (x_lᵀ w_l is a scalar per row)
+            x = x0 * (x @ self.weight[l]).unsqueeze(-1) + self.bias[l] + x
+        return x
+
+
+class CIN(nn.Module):
+    """Compressed Interaction Network of xDeepFM (Lian et al., KDD'18, Eq. 6–7).
+
+    ``X^0 ∈ R^{m×D}`` holds the ``m`` field embeddings. Layer ``k`` has ``H_k`` feature maps::
+
+        X^k_{h,*} = Σ_{i=1..H_{k-1}} Σ_{j=1..m} W^{k,h}_{ij} (X^{k-1}_{i,*} ∘ X^0_{j,*})    # Eq. 6
+        p^k_h     = Σ_{j=1..D} X^k_{h,j}                                                  # Eq. 7
+        p^+       = [p^1, ..., p^K]                                                       # [Σ_k H_k]
+
+    interactions at the vector level whose degree grows by one per layer. Every layer's feature
+    maps feed the next layer and the pooled output (no split).
+
+    Args:
+        num_fields: ``m``.
+        layers: ``[H_1, ..., H_K]``.
+
+    Shapes: ``x0`` ``[B, m, D]`` -> ``p^+`` ``[B, Σ_k H_k]``.
+
+    Example::
+
+        >>> import torch
+        >>> CIN(3, [4, 2])(torch.randn(5, 3, 6)).shape
+        torch.Size([5, 6])
+    """
+
+    def __init__(self, num_fields: int, layers: list[int]) -> None:
+        super().__init__()
+        sizes = [num_fields, *layers]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(h, h_prev * num_fields)) for h_prev, h in zip(sizes[:-1], sizes[1:])]
+        )  # W^k: [H_k, H_{k-1} · m]
+        for w in self.weights:
+            _linear_init_(w, None, w.shape[1])
+        self.out_dim = sum(layers)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        B, m, D = x0.shape
+        x, pooled = x0, []
+        for w in self.weights:
+            z = (x.unsqueeze(2) * x0.unsqueeze(1)).reshape(B, -1, D)  # X^{k-1}_i ∘ X^0_j: [B, H_{k-1}·m, D]
+            x = torch.matmul(w, z)  # Eq. 6: Σ_{i,j} W^{k,h}_{ij} (...): [B, H_k, D]
+            pooled.append(x.sum(-1))  # Eq. 7: sum pooling over the embedding dim: [B, H_k]
+        return torch.cat(pooled, dim=-1)  # p^+

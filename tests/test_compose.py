@@ -4,12 +4,14 @@ multi-task blocks, and every backbone × block × head composition the registry 
 from __future__ import annotations
 
 import itertools
+from typing import get_args
 
 import pytest
 import torch
 
 from mdmt.embeddings import EmbeddingCollection
 from mdmt.models import build_model
+from mdmt.models.backbones import BackboneKind
 from mdmt.models.blocks import BLOCKS, BlockConfig, build_block
 from mdmt.models.heads import HEADS, TowerConfig, build_head, domain_task_logits
 from mdmt.schema import ConfigError
@@ -17,8 +19,8 @@ from mdmt.schema import ConfigError
 from .conftest import make_batch, make_tiny
 from .test_models import _loss, _setup, assert_exports
 
-BACKBONES = ["none", "mlp", "dcnv2", "deepfm"]
-SMALL = {"backbone_params": {"hidden": [12], "cross_layers": 1}, "block_params": {"num_experts": 2, "expert_hidden": [10]},
+BACKBONES = list(get_args(BackboneKind))
+SMALL = {"backbone_params": {"hidden": [12], "cross_layers": 1, "cin_layers": [3, 2]}, "block_params": {"num_experts": 2, "expert_hidden": [10]},
          "tower_hidden": [8, 4]}
 
 

@@ -10,8 +10,10 @@ from torch import nn
 
 from mdmt.embeddings import EmbeddingCollection
 from mdmt.layers import (
+    CIN,
     MLP,
     CrossNet,
+    CrossNetV1,
     Gate,
     ParallelMLP,
     PartitionedNorm,
@@ -230,6 +232,40 @@ def test_cross_mixture_of_low_rank_experts_equation():
         assert torch.allclose(out[b], x, atol=1e-5)
     with pytest.raises(ValueError, match="low_rank"):
         CrossNet(d, 1, num_experts=2)
+
+
+def test_cross_network_v1_equation():
+    d, L, B = 4, 3, 3
+    net = CrossNetV1(d, L)
+    with torch.no_grad():
+        net.bias.normal_()
+    x0 = torch.randn(B, d, generator=_g())
+    out = net(x0)
+    for b in range(B):
+        x = x0[b]
+        for l in range(L):
+            x = torch.outer(x0[b], x) @ net.weight[l] + net.bias[l] + x  # x_{l+1} = x_0 x_lᵀ w_l + b_l + x_l
+        assert torch.allclose(out[b], x, atol=1e-5)
+
+
+def test_cin_equations_6_and_7():
+    B, m, D, layers = 2, 3, 4, [2, 3]
+    cin = CIN(m, layers)
+    x0 = torch.randn(B, m, D, generator=_g())
+    out = cin(x0)
+    assert out.shape == (B, sum(layers)) and cin.out_dim == 5
+    for b in range(B):
+        X, pooled = x0[b], []
+        for k, H in enumerate(layers):
+            W = cin.weights[k].view(H, X.shape[0], m)  # W^{k,h}_{ij}
+            nxt = torch.zeros(H, D)
+            for h in range(H):
+                for i in range(X.shape[0]):
+                    for j in range(m):
+                        nxt[h] += W[h, i, j] * (X[i] * x0[b, j])  # Eq. 6
+            X = nxt
+            pooled.append(X.sum(-1))  # Eq. 7
+        assert torch.allclose(out[b], torch.cat(pooled), atol=1e-5)
 
 
 def test_fm_bi_interaction_equals_pairwise_sum():

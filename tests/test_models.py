@@ -40,6 +40,9 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("specifictop", False): 0.5182718634605408,
     ("star", False): 4.051000595092773,
     ("compose", True): 1.4446914196014404,
+    ("pepnet", False): 3.4152262210845947,
+    ("dcn", False): 4.228560447692871,
+    ("xdeepfm", False): 2.812190532684326,
     ("dcnv2", True): -0.21339617669582367,
     ("dcnv2-mt", True): -4.408079147338867,
     ("deepfm", True): 6.0356059074401855,
@@ -52,6 +55,9 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("specificall", True): -0.3061802089214325,
     ("specifictop", True): -0.34500569105148315,
     ("star", True): 1.7737501859664917,
+    ("pepnet", True): 0.21013125777244568,
+    ("dcn", True): -1.4611138105392456,
+    ("xdeepfm", True): 3.0731096267700195,
 }
 
 
@@ -272,11 +278,11 @@ def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: B
 # ---------------------------------------------------------------------------------------------
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
+@pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm", "dcn", "xdeepfm"])
 @pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
-    params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}
+    params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1, "cin_layers": [3, 2]}}
     model = _build(name, spec, fm, params=params)
     assert type(model.backbone).__name__.lower().startswith({"none": "identity"}.get(backbone, backbone))
     _loss(model, batch).backward()
@@ -325,6 +331,21 @@ def test_mmoe_mixture_is_gate_weighted_sum_of_experts():
         assert torch.allclose(_stack(model, model(batch)), z, atol=1e-6)
 
 
+def test_dcn_and_xdeepfm_compose_their_parts():
+    spec, fm, batch = _setup(False, size=6)
+    dcn = _build("dcn", spec, fm, params={"tower_hidden": []}).eval()
+    xdf = _build("xdeepfm", spec, fm).eval()
+    with torch.no_grad():
+        x0 = dcn.embeddings.flat_input(batch)
+        h = torch.cat([dcn.backbone.cross(x0), dcn.backbone.deep(x0)], dim=1)  # [x_L, h_L]
+        r = dcn.head.rest_layers  # Eq. 5: one combination layer per task (no hidden tower layer)
+        expect = torch.einsum("bi,tio->bt", h, r.weights[0]) + r.biases[0][:, 0]
+        assert torch.allclose(_stack(dcn, dcn(batch)), expect, atol=1e-5)
+        a, v = xdf.embeddings.flat_input(batch), xdf.embeddings.stacked(batch)
+        h = torch.cat([xdf.backbone.deep(a), xdf.backbone.cin(v)], dim=1)  # x_dnn ⊕ p^+
+        assert torch.allclose(_stack(xdf, xdf(batch)), xdf.linear(a) + xdf.head(h), atol=1e-5)
+
+
 def test_star_partitioned_norm_updates_running_stats_only_in_training():
     spec, fm, batch = _setup(False)
     model = _build("star", spec, fm)
@@ -365,3 +386,7 @@ def test_config_errors_are_clear():
         build_model("deepfm", spec, fm)
     with pytest.raises(ConfigError, match="one embedding dim"):
         build_model("mmoe", spec, fm, {"backbone": "deepfm"})
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("xdeepfm", spec, fm)
+    with pytest.raises(ConfigError, match="one embedding dim"):
+        build_model("sharedbottom", spec, fm, {"backbone": "xdeepfm"})

@@ -14,11 +14,13 @@ from __future__ import annotations
 # every model module registers itself on import
 from . import (  # noqa: F401
     compose,
+    dcn,
     dcnv2,
     dcnv2_mt,
     deepfm,
     mlp,
     mmoe,
+    pepnet,
     ple,
     ple_md,
     sharedbottom,
@@ -26,6 +28,7 @@ from . import (  # noqa: F401
     specificall,
     specifictop,
     star,
+    xdeepfm,
 )
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import REGISTRY, MDMTModel, ModelInfo, ModelOutput, OptimGroup, build_model, model_config, register

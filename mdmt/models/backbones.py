@@ -20,6 +20,8 @@ dcnv2    DCN-V2 cross network and deep MLP, ``stacked`` (``MLP(Cross(x))``) or
          ``parallel`` (``Cross(x) ⊕ MLP(x)``)
 deepfm   ``h = MLP(x) ⊕ ½((Σ_i v_i)² − Σ_i v_i²)``: the deep output and the FM bi-interaction
          vector of the fields
+dcn      DCN (v1): ``h = Cross_v1(x) ⊕ MLP(x)``, the input of DCN's combination layer
+xdeepfm  xDeepFM: ``h = MLP(x) ⊕ CIN(fields)``, the deep output and the pooled CIN feature maps
 ======== ===============================================================================
 
 Example::
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, CrossNet, Norm, fm_bi_interaction
+from ..layers import CIN, MLP, Activation, CrossNet, CrossNetV1, Norm, fm_bi_interaction
 from ..schema import ConfigError, StrictModel
 
 __all__ = [
@@ -56,21 +58,24 @@ __all__ = [
     "MLPBackbone",
     "DCNv2Backbone",
     "DeepFMBackbone",
+    "DCNBackbone",
+    "XDeepFMBackbone",
     "build_backbone",
 ]
 
-BackboneKind = Literal["none", "mlp", "dcnv2", "deepfm"]
+BackboneKind = Literal["none", "mlp", "dcnv2", "deepfm", "dcn", "xdeepfm"]
 
 
 class BackboneConfig(StrictModel):
     """Settings of a backbone; each kind reads the fields it needs.
 
     Attributes:
-        hidden: MLP widths (``mlp``; the deep part of ``dcnv2`` and ``deepfm``).
-        cross_layers: number of cross layers (``dcnv2``).
+        hidden: MLP widths (``mlp``; the deep part of ``dcnv2``, ``deepfm``, ``dcn``, ``xdeepfm``).
+        cross_layers: number of cross layers (``dcnv2``, ``dcn``).
         low_rank: rank ``r`` of ``W = U Vᵀ`` in the cross layers, or None for full rank (``dcnv2``).
         cross_experts: low-rank experts per cross layer (``dcnv2``; > 1 needs ``low_rank``).
         structure: ``stacked`` or ``parallel`` cross and deep parts (``dcnv2``).
+        cin_layers: feature maps ``H_k`` of each CIN layer (``xdeepfm``).
         dropout, act: of the MLP hidden layers.
     """
 
@@ -79,6 +84,7 @@ class BackboneConfig(StrictModel):
     low_rank: int | None = Field(default=None, ge=1)
     cross_experts: int = Field(default=1, ge=1)
     structure: Literal["stacked", "parallel"] = "parallel"
+    cin_layers: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
 
@@ -185,6 +191,47 @@ class DeepFMBackbone(Backbone):
         return torch.cat([self.deep(x), fm_bi_interaction(fields)], dim=-1)
 
 
+class DCNBackbone(Backbone):
+    """DCN (Wang et al., ADKDD'17) as a representation: the cross network (Eq. 3) and the deep
+    network (Eq. 4) side by side, ``h = x_L ⊕ h_L``: the input of DCN's combination layer (Eq. 5).
+
+    Shapes: ``x`` ``[B, in_dim]`` -> ``[B, in_dim + hidden[-1]]``.
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int], cross_layers: int, dropout: float = 0.0, act: str = "relu",
+                 norm: Norm = "none") -> None:
+        super().__init__()
+        self.cross = CrossNetV1(in_dim, cross_layers)
+        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act, norm=norm)
+        self.out_dim = in_dim + self.deep.out_dim
+
+    def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:
+        return torch.cat([self.cross(x), self.deep(x)], dim=-1)  # [x_L, h_L]
+
+
+class XDeepFMBackbone(Backbone):
+    """xDeepFM (Lian et al., KDD'18) as a representation: the plain DNN (Eq. 2–3) and the CIN's
+    pooled feature maps (Eq. 6–7), ``h = x_dnn ⊕ p^+``: what the output unit (Eq. 8) reads
+    besides the linear part.
+
+    Shapes: ``x`` ``[B, in_dim]``, ``fields`` ``[B, m, D]`` -> ``[B, hidden[-1] + Σ_k H_k]``.
+    """
+
+    needs_fields = True
+
+    def __init__(self, in_dim: int, num_fields: int, hidden: list[int], cin_layers: list[int], dropout: float = 0.0,
+                 act: str = "relu", norm: Norm = "none") -> None:
+        super().__init__()
+        self.deep = MLP(in_dim, hidden, dropout=dropout, act=act, norm=norm)
+        self.cin = CIN(num_fields, cin_layers)
+        self.out_dim = self.deep.out_dim + self.cin.out_dim
+
+    def forward(self, x: Tensor, fields: Tensor | None = None) -> Tensor:
+        if fields is None:
+            raise ValueError("the xdeepfm backbone needs the stacked field embeddings")
+        return torch.cat([self.deep(x), self.cin(fields)], dim=-1)
+
+
 def field_dim(embeddings: EmbeddingCollection, who: str) -> int:
     """The one embedding dim of every key (FM needs equal dims), or a clear ConfigError."""
     dims = set(embeddings.dims.values())
@@ -215,4 +262,9 @@ def build_backbone(
         return DeepFMBackbone(
             in_dim, field_dim(embeddings, "the deepfm backbone"), cfg.hidden, cfg.dropout, cfg.act, norm
         )
-    raise ConfigError(f"unknown backbone {kind!r}; choose one of none, mlp, dcnv2, deepfm")
+    if kind == "dcn":
+        return DCNBackbone(in_dim, cfg.hidden, cfg.cross_layers, cfg.dropout, cfg.act, norm)
+    if kind == "xdeepfm":
+        field_dim(embeddings, "the xdeepfm backbone")  # CIN needs one embedding dim
+        return XDeepFMBackbone(in_dim, len(embeddings.keys), cfg.hidden, cfg.cin_layers, cfg.dropout, cfg.act, norm)
+    raise ConfigError(f"unknown backbone {kind!r}; choose one of none, mlp, dcnv2, deepfm, dcn, xdeepfm")

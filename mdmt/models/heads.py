@@ -17,7 +17,7 @@ but skips a ``[B, T, d]`` gradient in the backward pass.
 one says so with :meth:`Head.gate_width` and builds it with :meth:`Head.gate_input`, so a model
 never checks which head it holds. Plain towers take none.
 
-Heads are registered by name (``plain``; other modules add theirs with :func:`register_head`)
+Heads are registered by name (``plain``, ``ppnet``; other modules add theirs with :func:`register_head`)
 and built with :func:`build_head`. Each head class has its own strict ``config_class`` for its
 ``head_params``; the tower widths, dropout, activation and norm are the model's
 (:class:`TowerConfig`), shared by every head.
@@ -39,12 +39,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from pydantic import Field, PositiveInt
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Norm, ParallelMLP, domain_select
+from ..layers import Activation, GateNU, Norm, ParallelMLP, StackedNorm, _linear_init_, activation, domain_select
 from ..schema import ConfigError, StrictModel, parse_config
 
 __all__ = [
@@ -59,6 +60,10 @@ __all__ = [
     "reads_shared_input",
     "build_head",
     "domain_task_logits",
+    "PPNetParams",
+    "PPNetHead",
+    "prior_width",
+    "prior_input",
 ]
 
 
@@ -220,3 +225,141 @@ def domain_task_logits(head: Head, x: Tensor, domain: Tensor, num_domains: int, 
     z = head(every, gate_input)  # [B, D·T]: every domain's towers
     B, T = z.shape[0], z.shape[1] // num_domains
     return domain_select(z.view(B, num_domains, T).transpose(0, 1), domain, rows=True)  # [B, T]
+
+
+# ---------------------------------------------------------------------------------------------
+# PPNet: PEPNet's parameter-personalised towers (Chang et al., KDD'23, Eq. 7-9)
+# ---------------------------------------------------------------------------------------------
+def _prior_keys(embeddings: EmbeddingCollection) -> list[str]:
+    """The fallback priors when the schema names none: the user- and item-side one-id keys, or
+    every one-id key when there are none of those."""
+    side = set(embeddings.group_keys("user", kind="sparse")) | set(embeddings.group_keys("item", kind="sparse"))
+    keys = [k for k in embeddings.keys if k in side]
+    return keys or list(embeddings.sparse_keys)
+
+
+def prior_width(embeddings: EmbeddingCollection) -> int:
+    """Width of :func:`prior_input`; declares the dense priors' projections (call it in a constructor)."""
+    if embeddings.priors:
+        return embeddings.use(embeddings.priors)
+    keys = _prior_keys(embeddings)
+    if not keys:
+        raise ConfigError("the PPNet head needs prior features: the schema has no 'priors' and no id features")
+    return sum(embeddings.dims[k] for k in keys)
+
+
+def prior_input(embeddings: EmbeddingCollection, batch: Batch, pooled: dict[str, Tensor]) -> Tensor:
+    """PEPNet's ``O_prior = E(F_u) ⊕ E(F_i) ⊕ E(F_a)`` (Eq. 7): the schema's ``priors`` (dense ones
+    through their learned projection), or without them the user- and item-side id embeddings.
+
+    Shapes: -> ``[B, prior_width(embeddings)]``.
+    """
+    if embeddings.priors:
+        return embeddings.features(batch, embeddings.priors, pooled)
+    return embeddings.flat_input(batch, keys=_prior_keys(embeddings), pooled=pooled)
+
+
+class PPNetParams(StrictModel):
+    """``head_params`` of ``ppnet``.
+
+    Attributes:
+        gamma: ``γ`` of every Gate NU (gate values in ``(0, γ)``).
+        gate_hidden: width of a Gate NU's first layer (default: its input width).
+    """
+
+    gamma: PositiveFloat = 2.0
+    gate_hidden: PositiveInt | None = None
+
+
+@register_head("ppnet")
+class PPNetHead(Head):
+    """Parameter Personalized Network towers (PEPNet, Chang et al., KDD'23, Eq. 7–9).
+
+    Tower ``t`` has ``L = len(hidden) + 1`` layers (widths ``d -> hidden... -> 1``). Layer ``l``
+    has its own Gate NU ``𝒰_pp^(l)`` (:class:`~mdmt.layers.GateNU`) on the gate input ``g``,
+    giving ``δ_task^(l) ∈ (0, γ)^{h_l·T}``, split into ``T`` blocks of ``h_l``::
+
+        δ_task^(l) = 𝒰_pp^(l)(g)                        # Eq. 7 (g = O_prior ⊕ ⊘(O_ep) in PEPNet)
+        O^(l)_t    = δ^(l)_t ⊗ H^(l)_t                   # Eq. 8
+        H^(l+1)_t  = f(O^(l)_t W^(l)_t + b^(l)_t)        # Eq. 9, l = 1..L
+
+    ``H^(1)_t`` is the tower's input, so every layer of every tower is gated; ``f`` is the norm
+    then the activation on hidden layers, and the last layer gives the logit (its sigmoid is
+    applied outside). In a composition the gate input is the priors, :func:`prior_input`
+    (:meth:`gate_input`); PEPNet passes ``O_prior ⊕ ⊘(O_ep)`` itself.
+
+    Head contract: :meth:`first` is the first layer, ``C_1 = H^(2)`` (``x`` itself when the
+    towers have no hidden layer), :meth:`rest` the remaining layers, ``forward = rest ∘ first``.
+
+    Shapes: ``x`` ``[B, T, d]`` (or ``[B, d]``, the same input for every tower), ``gate_input``
+    ``[B, gate_dim]`` -> logits ``[B, T]``; :meth:`first` -> ``[B, T, hidden[0]]``.
+
+    Example::
+
+        >>> import torch
+        >>> head = PPNetHead(8, 3, TowerConfig(hidden=[6, 4]), PPNetParams(), gate_dim=5)
+        >>> head(torch.randn(2, 3, 8), torch.randn(2, 5)).shape
+        torch.Size([2, 3])
+    """
+
+    config_class = PPNetParams
+    shared_input = True  # [B, d] is broadcast to the towers; the per-task gates make it [B, T, d]
+
+    def __init__(self, in_dim: int, num_tasks: int, towers: TowerConfig, cfg: StrictModel, gate_dim: int = 0) -> None:
+        super().__init__(in_dim, num_tasks, towers, cfg, gate_dim)
+        assert isinstance(cfg, PPNetParams)
+        if gate_dim <= 0:
+            raise ConfigError("the ppnet head needs a gate input (the priors); build it with the model's embeddings")
+        T, hidden = num_tasks, list(towers.hidden)
+        dims = [in_dim, *hidden, 1]
+        self.gate_dim_ = gate_dim
+        self.num_first = 1 if hidden else 0  # layers in first(): the first hidden layer, if any
+        self.first_dim = hidden[0] if hidden else in_dim
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(T, a, b)) for a, b in zip(dims[:-1], dims[1:])])
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(T, b)) for b in dims[1:]])
+        for w, b in zip(self.weights, self.biases):
+            _linear_init_(w, b, w.shape[1])
+        self.gates = nn.ModuleList([GateNU(gate_dim, T * a, cfg.gate_hidden, cfg.gamma) for a in dims[:-1]])  # 𝒰_pp^(l)
+        self.acts = nn.ModuleList([activation(towers.act) for _ in hidden])
+        self.norms = nn.ModuleList([StackedNorm(T, h, towers.norm) for h in hidden] if towers.norm != "none" else [])
+        self.dropout = nn.Dropout(towers.dropout) if towers.dropout > 0 else nn.Identity()
+
+    @classmethod
+    def gate_width(cls, embeddings: EmbeddingCollection, cfg: StrictModel) -> int:
+        return prior_width(embeddings)
+
+    def gate_input(self, embeddings: EmbeddingCollection, batch: Batch, pooled: dict[str, Tensor]) -> Tensor | None:
+        return prior_input(embeddings, batch, pooled)  # O_prior
+
+    def _layer(self, l: int, h: Tensor, g: Tensor) -> Tensor:
+        """Layer ``l`` (0-based) of every tower: ``[B, T, h_l] -> [B, T, h_{l+1}]``."""
+        delta = self.gates[l](g).view(h.shape[0], self.num_tasks, -1)  # δ_task^(l), split into T blocks
+        o = delta * h  # Eq. 8: O^(l) = δ^(l) ⊗ H^(l)
+        # Eq. 9: O^(l) W^(l) + b^(l), one batched GEMM over the T towers
+        z = torch.baddbmm(self.biases[l].unsqueeze(1), o.transpose(0, 1), self.weights[l]).transpose(0, 1)
+        if l < len(self.acts):  # f on hidden layers: norm, activation (ReLU), dropout
+            if len(self.norms):
+                z = self.norms[l](z)
+            z = self.dropout(self.acts[l](z))
+        return z
+
+    @staticmethod
+    def _need(gate_input: Tensor | None) -> Tensor:
+        if gate_input is None:
+            raise ValueError("the ppnet head needs its gate input (the priors)")
+        return gate_input
+
+    def first(self, x: Tensor, gate_input: Tensor | None = None) -> Tensor:
+        g = self._need(gate_input)
+        if x.dim() == 2:
+            x = x.unsqueeze(1).expand(-1, self.num_tasks, -1)
+        for l in range(self.num_first):
+            x = self._layer(l, x, g)
+        return x  # C_1: [B, T, h_1]
+
+    def rest(self, c1: Tensor, gate_input: Tensor | None = None) -> Tensor:
+        g = self._need(gate_input)
+        h = c1
+        for l in range(self.num_first, len(self.weights)):
+            h = self._layer(l, h, g)
+        return h.squeeze(-1)  # the last layer's logit: [B, T]
