@@ -16,6 +16,7 @@ Add a case next to the others of its area::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -104,6 +105,7 @@ class Workspace:
         """A finished shop run at ``runs/done`` (with ``exp.yaml`` and the data files beside it)."""
         if "run" not in _TEMPLATES:
             tmpl = Path(tempfile.mkdtemp(prefix="mdmt-bad-input-run-"))
+            atexit.register(shutil.rmtree, tmpl, True)  # the template outlives every case, not the process
             write_project(tmpl, epochs=1)
             rc, _, err = _call(["train", str(tmpl / "exp.yaml"), "--run-dir", str(tmpl / "runs" / "done")], tmpl)
             if rc != 0:
