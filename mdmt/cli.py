@@ -133,43 +133,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    import polars as pl
-
-    from .data.preprocess import encode_for_scoring
-    from .train.run import load_run
+    from .serve.engine import open_scorer
+    from .serve.score import score_file
 
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give the path of the Parquet file to write")
     _check_writable_parent(out, "--out")
-    run = load_run(args.run_dir)
-    task_cols = [f"{args.score_prefix}{t}" for t in run.feature_map.spec.task_names]
+    src = Path(args.input)
+    if not src.exists():
+        raise UsageError(f"input file {src} not found")
+    scorer = open_scorer(args.run_dir, engine=args.engine, threads=args.threads)
+    task_cols = [f"{args.score_prefix}{t}" for t in scorer.tasks]
     clash = [c for c in args.keep or [] if c in task_cols]
     if clash:
         raise UsageError(f"--keep {', '.join(clash)}: the output already has a score column of that name; "
                          "name the score columns apart with --score-prefix (e.g. --score-prefix p_)")
-    src = Path(args.input)
-    if not src.exists():
-        raise UsageError(f"input file {src} not found")
-    from .data.table import SEQUENCE_SEPARATOR, read_table
+    # read like training reads: the run's CSV sequence separator, sequence columns typed by the schema
+    n = score_file(scorer, src, out, keep=args.keep, chunk_rows=args.chunk_rows, separator=args.separator,
+                   score_prefix=args.score_prefix, sequence_separator=scorer.sequence_separator)
+    print(f"wrote {n:,} rows x {len(scorer.tasks)} task scores to {out} ({scorer.engine})")
 
-    # the reader training uses: sequence columns typed by the schema, not by the first rows
-    params = run.config.data.params if run.config.data.source == "table" else {}
-    frame = read_table(src, run.feature_map.spec, args.separator, params.get("sequence_separator", SEQUENCE_SEPARATOR))
-    batch = encode_for_scoring(frame, run.feature_map, source=str(src))
-    probs = run.predict(batch)
-    cols = {}
-    for c in args.keep or []:
-        if c not in frame.columns:
-            raise UsageError(f"--keep column {c!r} is not in {src}")
-        cols[c] = frame[c]
-    for i, name in enumerate(task_cols):
-        cols[name] = probs[:, i]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pl.DataFrame(cols).write_parquet(tmp)
-    tmp.replace(out)
-    print(f"wrote {len(frame):,} rows x {len(run.feature_map.spec.task_names)} task scores to {out}")
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .serve.export import export_run
+
+    out = export_run(args.run_dir, args.out, fmt=args.format)
+    print(f"exported {args.run_dir} to {out} (model.onnx, feature_map.json, manifest.json)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve.app import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, max_rows=args.max_rows,
+          max_bytes=args.max_bytes, threads=args.threads)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -242,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
               mdmt train configs/ml100k_mmoe.yaml --set train.seed=1
               mdmt bench configs/bench/ml100k_m3oe.yaml
               mdmt models
+              mdmt export runs/my-run --out exports/my-run
+              mdmt serve exports/my-run --port 8000
             """),
     )
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -279,17 +278,43 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p, config=False)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score a CSV/Parquet file; writes Parquet with one column per task",
+    p = sub.add_parser("predict", help="score a CSV/Parquet file in chunks; writes Parquet with one column per task",
                        formatter_class=fmt,
-                       epilog="example:\n  mdmt predict runs/my-run new_rows.parquet --out scores.parquet --keep user_id")
-    p.add_argument("run_dir", help="a run directory written by mdmt train")
+                       epilog="example:\n  mdmt predict runs/my-run new_rows.parquet --out scores.parquet --keep user_id\n"
+                              "  mdmt predict exports/my-run new_rows.csv --out scores.parquet --engine onnx")
+    p.add_argument("run_dir", help="a run directory written by mdmt train, or an export folder written by mdmt export")
     p.add_argument("input", help="raw rows (CSV or Parquet) with the schema's raw columns; labels optional")
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--out", required=True, help="output Parquet file: row (input row number), --keep columns, one column per task")
     p.add_argument("--keep", nargs="*", help="input columns copied to the output (e.g. ids)")
     p.add_argument("--score-prefix", default="", metavar="PREFIX",
                    help="prefix of the score columns (default: none, the columns are the task names)")
     p.add_argument("--separator", default=",", help="CSV separator")
+    p.add_argument("--engine", choices=["torch", "onnx"], default=None,
+                   help="scoring engine (default: torch for a run directory, onnx for an export folder)")
+    p.add_argument("--chunk-rows", type=int, default=65536, help="rows read, encoded and scored at a time (default 65536)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the engine")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained run to a self-contained ONNX folder", formatter_class=fmt,
+                       epilog="example:\n  mdmt export runs/my-run --format onnx --out exports/my-run")
+    p.add_argument("run_dir", help="a run directory written by mdmt train")
+    p.add_argument("--format", default="onnx", help="export format (onnx)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export-onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve a run or an export over HTTP (POST /score, GET /healthz, GET /metadata)",
+                       formatter_class=fmt,
+                       epilog="example:\n  mdmt serve exports/my-run --port 8000\n"
+                              "  curl -s localhost:8000/score -H 'content-type: application/json' -d '{\"rows\": [...]}'")
+    p.add_argument("run_dir", help="a run directory written by mdmt train, or an export folder written by mdmt export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--engine", choices=["torch", "onnx"], default=None,
+                   help="scoring engine (default: torch for a run directory, onnx for an export folder)")
+    p.add_argument("--max-rows", type=int, default=10_000, help="most rows in one request (more: 413)")
+    p.add_argument("--max-bytes", type=int, default=8 * 2**20, help="largest request body in bytes (more: 413)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the engine")
+    p.set_defaults(func=cmd_serve)
 
     pd = sub.add_parser("data", help="prepare data or print its statistics")
     dsub = pd.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
@@ -325,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data.base import DataError
     from .schema import ConfigError
+    from .serve import ServeError
     from .train.checkpoint import CheckpointError
 
     args = _parser().parse_args(argv)
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError, UsageError) as err:
+    except (ConfigError, DataError, CheckpointError, UsageError, ServeError) as err:
         print(f"mdmt: error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FloatingPointError) as err:

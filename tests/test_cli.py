@@ -43,7 +43,7 @@ def test_train_evaluate_predict(project: Path, capsys):
     assert main(["predict", str(run_dir), str(project / "new.csv"), "--out", str(project / "s.parquet"),
                  "--keep", "user_id"]) == 0
     scores = pl.read_parquet(project / "s.parquet")
-    assert scores.columns == ["user_id", "click", "order"]
+    assert scores.columns == ["row", "user_id", "click", "order"]
     assert scores.height == 50 and scores["click"].is_between(0, 1).all()
 
 

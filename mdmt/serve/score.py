@@ -1,0 +1,209 @@
+"""Streaming batch scoring: a CSV or Parquet file of raw rows -> Parquet of per-task probabilities.
+
+The file is read ``chunk_rows`` rows at a time (Parquet: ``pyarrow.parquet.ParquetFile.iter_batches``;
+CSV: Polars' streaming ``scan_csv(...).collect_batches``), each chunk is encoded through the run's
+feature map by the data layer's :func:`~mdmt.data.preprocess.encode_for_scoring` (unseen ids ->
+OOV), scored, and appended to the output as one Parquet row group. Memory therefore depends on
+``chunk_rows``, not on the file's size. The output is written to a temporary file beside ``out``
+and renamed when every row is scored, so a bad row never leaves a partial output behind.
+
+Output columns: ``row`` (0-based row number in the input file), the ``keep`` columns, then one
+Float32 column per task (probability; NaN where the run has no model for the row's cell).
+
+A bad row is named by its row number in the file (not in the chunk).
+
+Example::
+
+    scorer = open_scorer("runs/my-run")
+    n = score_file(scorer, "rows.parquet", "scores.parquet", keep=["user_id"])
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data.base import DataError
+from ..data.preprocess import _check_columns, _required_columns, encode_for_scoring
+from ..schema import DatasetSpec
+from .engine import Scorer
+
+__all__ = ["ROW", "ChunkStats", "raw_columns", "read_chunks", "score_file"]
+
+ROW = "row"  #: the row-key column of the output
+_ROW_IN_MESSAGE = re.compile(r"\brow (\d+) \(0-based\)")
+
+
+@dataclass
+class ChunkStats:
+    """What one chunk cost: rows and seconds spent reading, encoding, scoring and writing."""
+
+    first_row: int
+    rows: int
+    read_s: float
+    encode_s: float
+    score_s: float
+    write_s: float
+
+
+def raw_columns(spec: DatasetSpec) -> list[str]:
+    """The raw columns a row to score must hold: every feature's column and the domain column."""
+    cols = [f.raw_column for f in spec.features] + [spec.domain.column]
+    return list(dict.fromkeys(cols))
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _typed_ids(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """CSV id columns are read as text (so a later non-integer id can never break the stream); a
+    chunk whose ids are all integers gets them back as Int64 (the encoder's fast path, same keys)."""
+    cols = []
+    for f in spec.features:
+        c = f.raw_column
+        if f.kind == "dense" or c not in frame.columns or frame[c].dtype != pl.String:
+            continue
+        as_int = frame[c].str.strip_chars().cast(pl.Int64, strict=False)
+        if as_int.null_count() == frame[c].null_count():
+            cols.append(as_int)
+    return frame.with_columns(cols) if cols else frame
+
+
+def _check(have: list[str], spec: DatasetSpec, extra: list[str], path: Path) -> None:
+    required = _required_columns(spec, labels=False, split=False) + [(c, "--keep column") for c in extra]
+    _check_columns(pl.DataFrame(schema={c: pl.Null for c in have}), required, str(path))
+
+
+def read_chunks(
+    path: str | Path, spec: DatasetSpec, chunk_rows: int, extra: list[str] | None = None, separator: str = ","
+) -> Iterator[pl.DataFrame]:
+    """Raw rows of ``path`` (CSV or Parquet), ``chunk_rows`` at a time, with the schema's raw
+    columns (sequences as list columns) plus ``extra`` columns. Missing columns raise a DataError
+    naming the file and the column before anything is read."""
+    from ..data.table import parse_sequences
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"input file {path} not found")
+    extra = list(extra or [])
+    need = raw_columns(spec)
+    if _is_parquet(path):
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from err
+        have = pf.schema_arrow.names
+        _check(have, spec, extra, path)
+        reader: Iterator = (pl.from_arrow(pa.Table.from_batches([b])) for b in
+                            pf.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(need + extra))))
+    else:
+        seq = {f.raw_column: pl.String for f in spec.sequence_features()}
+        ids = {f.raw_column: pl.String for f in spec.features if f.kind == "sparse"}
+        dense = {f.raw_column: pl.Float64 for f in spec.features if f.kind == "dense"}
+        try:
+            lf = pl.scan_csv(path, separator=separator, schema_overrides={**ids, **dense, **seq},
+                             infer_schema_length=10_000)
+            have = lf.collect_schema().names()
+        except pl.exceptions.PolarsError as err:
+            raise DataError(f"{path}: not a readable CSV file ({str(err).splitlines()[0]})") from err
+        _check(have, spec, extra, path)
+        reader = lf.select(list(dict.fromkeys(need + extra))).collect_batches(chunk_size=chunk_rows, lazy=True)
+    first = 0
+    try:
+        for chunk in reader:
+            for start in range(0, chunk.height, chunk_rows):  # re-cut: a reader may hand out larger chunks
+                part = chunk.slice(start, chunk_rows)
+                if not _is_parquet(path):
+                    part = _typed_ids(parse_sequences(part, spec), spec)
+                yield part
+                first += part.height
+    except pl.exceptions.PolarsError as err:  # a cell that does not parse (e.g. text in a dense column)
+        raise DataError(f"{path}: rows from {first} (0-based) on do not parse: {str(err).splitlines()[0]}") from err
+
+
+def _absolute_rows(err: DataError, first_row: int, source: str) -> DataError:
+    """Chunk-relative 'row k (0-based)' in the encoder's message -> the row number in the file."""
+    msg = _ROW_IN_MESSAGE.sub(lambda m: f"row {int(m.group(1)) + first_row} (0-based)", str(err))
+    return DataError(msg if source in msg else f"{source}: {msg}")
+
+
+def score_file(
+    scorer: Scorer,
+    path: str | Path,
+    out: str | Path,
+    *,
+    keep: list[str] | None = None,
+    chunk_rows: int = 65_536,
+    separator: str = ",",
+    on_chunk: Callable[[ChunkStats], None] | None = None,
+) -> int:
+    """Score every row of ``path`` into the Parquet file ``out``; returns the number of rows.
+
+    Args:
+        scorer: from :func:`mdmt.serve.engine.open_scorer`.
+        path: CSV or Parquet file of raw rows; labels are not needed.
+        out: output Parquet file (replaced only when every row is scored).
+        keep: input columns copied to the output.
+        chunk_rows: rows read, encoded and scored at a time (sets the memory used).
+        separator: CSV separator.
+        on_chunk: called after each chunk with its :class:`ChunkStats`.
+    """
+    if chunk_rows < 1:
+        raise DataError(f"--chunk-rows must be at least 1, got {chunk_rows}")
+    fm = scorer.feature_map
+    tasks = fm.spec.task_names
+    keep = list(keep or [])
+    clash = sorted(set(keep) & ({ROW} | set(tasks)))
+    if clash:
+        raise DataError(f"--keep {clash}: an output column of that name already exists (row key {ROW!r} and tasks {tasks})")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    writer: pq.ParquetWriter | None = None
+    first = 0
+    source = str(path)
+    try:
+        chunks = read_chunks(path, fm.spec, chunk_rows, extra=keep, separator=separator)
+        t0 = time.perf_counter()
+        for frame in chunks:
+            t1 = time.perf_counter()
+            try:
+                batch = encode_for_scoring(frame, fm, source=source)
+            except DataError as err:
+                raise _absolute_rows(err, first, source) from err
+            t2 = time.perf_counter()
+            probs = scorer.score(batch)
+            t3 = time.perf_counter()
+            cols: dict[str, pa.Array] = {ROW: pa.array(np.arange(first, first + frame.height, dtype=np.int64))}
+            for c in keep:
+                cols[c] = frame[c].to_arrow()
+            for j, t in enumerate(tasks):
+                cols[t] = pa.array(probs[:, j].astype(np.float32, copy=False))
+            table = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            t4 = time.perf_counter()
+            if on_chunk is not None:
+                on_chunk(ChunkStats(first, frame.height, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+            first += frame.height
+            t0 = time.perf_counter()
+        if writer is None:
+            raise DataError(f"{path}: no rows to score")
+        writer.close()
+        writer = None
+        tmp.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return first
