@@ -57,9 +57,16 @@ def load_trained(run_dir: str | Path):
         raise
     except FileNotFoundError as err:
         raise ServeError(str(err)) from err
-    except Exception as err:  # a damaged checkpoint, config or feature map: name the run, not torch's internals
-        raise ServeError(f"{path}: the run does not load ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-                         f"is a checkpoint or feature_map.json damaged?") from err
+    except Exception as err:  # a damaged checkpoint, config or feature map: name the file, not torch's internals
+        for ckpt in sorted((path / "checkpoints").glob("*-best.pt")):
+            try:
+                torch.load(ckpt, map_location="cpu", weights_only=True)
+            except Exception as ckpt_err:
+                raise ServeError(f"{path}: the run does not load: checkpoint {ckpt} is damaged "
+                                 f"({type(ckpt_err).__name__}); train the run again or restore the file") from err
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise ServeError(f"{path}: the run does not load ({type(err).__name__}: {first}); "
+                         f"is config.yaml, units.json or feature_map.json damaged?") from err
 
 
 def is_export_dir(path: str | Path) -> bool:
