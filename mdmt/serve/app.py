@@ -169,6 +169,9 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response written as headers then body must not wait for
+    # the client's delayed ACK (~40 ms per request otherwise)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as err:
@@ -177,6 +180,19 @@ def bind(host: str, port: int) -> socket.socket:
                          f"choose another --port (or --port 0 for any free one)") from err
     sock.listen(2048)
     return sock
+
+
+def _fast_io() -> dict[str, str]:
+    """uvloop and the httptools parser when installed (the ``serve`` extra installs both): about a
+    quarter of the per-request time of the pure-Python h11 parser on the default event loop."""
+    import importlib.util
+
+    out = {}
+    if importlib.util.find_spec("uvloop") is not None:
+        out["loop"] = "uvloop"
+    if importlib.util.find_spec("httptools") is not None:
+        out["http"] = "httptools"
+    return out
 
 
 def serve(
@@ -203,7 +219,7 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on http://{shown}:{bound} ({scorer.metadata.get('model')}, engine {scorer.engine})", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **_fast_io())
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
