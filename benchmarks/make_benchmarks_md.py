@@ -99,6 +99,70 @@ def _calibration_section(path: Path) -> str:
     ).rstrip() + "\n"
 
 
+def _ship_sections(predict_json: Path, serve_json: Path) -> str:
+    """Markdown for the scoring benchmarks of a shipped model (empty when they were not run)."""
+    import json
+
+    parts = []
+    if predict_json.exists():
+        d = json.loads(predict_json.read_text())
+        load = d.get("load_average_1min", {})
+        parts += [
+            "## Batch scoring speed (`mdmt predict`)",
+            "",
+            "Regenerate: `python benchmarks/predict_speed.py`",
+            "",
+            f"Machine: {d['machine_line']} (1-minute load average {load.get('before', float('nan')):.1f} before, "
+            f"{load.get('after', float('nan')):.1f} after: other processes shared the cores). "
+            f"{d['model']} on the {d['schema']}, {d['rows']:,} rows, {d['threads']} threads, chunks of {d['chunk_rows']:,} rows. "
+            f"Target: {d['target_rows_per_s']:,} rows/s.",
+            "",
+            "| Engine | Input | Rows/s | Read s | Encode s | Model s | Write s |",
+            "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in d["results"]:
+            parts.append(f"| {r['engine']} | {r['input']} | {r['rows_per_s']:,.0f} | {r['read_s']:.2f} | {r['encode_s']:.2f} | "
+                         f"{r['model_s']:.2f} | {r['write_s']:.2f} |")
+        parts.append("")
+    if serve_json.exists():
+        d = json.loads(serve_json.read_text())
+        load = d.get("load_average_1min", {})
+        bar = d.get("bar", {})
+        parts += [
+            "## HTTP service load test (`mdmt serve`)",
+            "",
+            "Regenerate: `python benchmarks/serve_load.py`",
+            "",
+            f"Machine: {d['machine_line']} (1-minute load average {load.get('before', float('nan')):.1f} before, "
+            f"{load.get('after', float('nan')):.1f} after; the load client runs on the same cores). "
+            f"{d['model']} on the {d['schema']}; service with {d['service_threads']} intra-op thread(s).",
+            "",
+            f"Throughput: concurrency {d['concurrency']}, {d['malformed_share']:.0%} of the requests malformed.",
+            "",
+            "| Engine | Batch | Requests | Requests/s | Rows/s | 5xx | Malformed not 422 |",
+            "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in d["throughput"]:
+            parts.append(f"| {r['engine']} | {r['batch']} | {r['requests']:,} | {r['requests_per_s']:,.0f} | "
+                         f"{r['rows_per_s']:,.0f} | {r['responses_5xx']} | {r['malformed_not_422']} |")
+        parts += [
+            "",
+            "Latency, one request at a time (client side), and the mean share of validation, encoding, the model and "
+            "the rest (HTTP, JSON, the client):",
+            "",
+            "| Engine | Batch | p50 ms | p99 ms | Validate | Encode | Model | HTTP |",
+            "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in d["latency"]:
+            parts.append(f"| {r['engine']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['validate_share']:.0%} | "
+                         f"{r['encode_share']:.0%} | {r['model_share']:.0%} | {r['http_share']:.0%} |")
+        if bar:
+            parts += ["", f"Bar: p99 under {bar['target_ms']:.0f} ms at batch 1 with onnxruntime: "
+                          f"{'met' if bar['met'] else 'not met'} ({bar['p99_ms_batch1_onnx']:.2f} ms)."]
+        parts.append("")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benches", nargs="*", default=None,
@@ -113,11 +177,14 @@ def main(argv: list[str] | None = None) -> Path:
     out = write_benchmarks_md(benches, args.throughput, out=args.out,
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
     extra = _speed_sections(RESULTS / "loader_speed.json", RESULTS / "metrics_speed.json")
-    extra = "\n".join(x for x in (extra, _calibration_section(RESULTS / "calibration_synthetic.md")) if x)
+    ship = _ship_sections(RESULTS / "predict_speed.json", RESULTS / "serve_load.json")
+    extra = "\n".join(x for x in (extra, _calibration_section(RESULTS / "calibration_synthetic.md"), ship) if x)
     if extra:
         text = Path(out).read_text()
         cmds = [c for c, f in (("python benchmarks/loader_speed.py", "loader_speed.json"),
-                               ("python benchmarks/metrics_speed.py", "metrics_speed.json")) if (RESULTS / f).exists()]
+                               ("python benchmarks/metrics_speed.py", "metrics_speed.json"),
+                               ("python benchmarks/predict_speed.py", "predict_speed.json"),
+                               ("python benchmarks/serve_load.py", "serve_load.json")) if (RESULTS / f).exists()]
         last = "python benchmarks/make_benchmarks_md.py\n```"
         text = text.replace(last, "".join(c + "\n" for c in cmds) + last, 1)
         Path(out).write_text(text.rstrip("\n") + "\n\n" + extra)

@@ -66,15 +66,19 @@ def _is_parquet(path: Path) -> bool:
 
 def _typed_ids(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """CSV id columns are read as text (so a later non-integer id can never break the stream); a
-    chunk whose ids are all integers gets them back as Int64 (the encoder's fast path, same keys)."""
+    chunk whose ids are all integers gets them back as Int64 (the encoder's fast path, same keys),
+    all numbers as Float64 (whole numbers then key as integers, as they do when a reader infers floats)."""
     cols = []
     for f in spec.features:
         c = f.raw_column
         if f.kind == "dense" or c not in frame.columns or frame[c].dtype != pl.String:
             continue
-        as_int = frame[c].str.strip_chars().cast(pl.Int64, strict=False)
-        if as_int.null_count() == frame[c].null_count():
-            cols.append(as_int)
+        text = frame[c].str.strip_chars()
+        for dtype in (pl.Int64, pl.Float64):  # "5.0" keys as "5", as when a reader infers floats
+            typed = text.cast(dtype, strict=False)
+            if typed.null_count() == frame[c].null_count():
+                cols.append(typed)
+                break
     return frame.with_columns(cols) if cols else frame
 
 
