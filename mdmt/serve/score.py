@@ -20,7 +20,9 @@ Example::
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,8 @@ _ROW_IN_MESSAGE = re.compile(r"\brow (\d+) \(0-based\)")
 
 @dataclass
 class ChunkStats:
-    """What one chunk cost: rows and seconds spent reading, encoding, scoring and writing."""
+    """What one chunk cost: rows and seconds spent reading, encoding, scoring and writing (reading
+    and encoding run in a background thread, overlapping the scoring and writing of the chunk before)."""
 
     first_row: int
     rows: int
@@ -140,6 +143,62 @@ def _absolute_rows(err: DataError, first_row: int, source: str) -> DataError:
     return DataError(msg if source in msg else f"{source}: {msg}")
 
 
+_DONE = object()
+
+
+def _encoded_chunks(path, fm, chunk_rows: int, keep: list[str], separator: str, source: str) -> Iterator[tuple]:
+    """``(first_row, frame, batch, read_s, encode_s)`` per chunk, produced one chunk ahead in a
+    thread: reading and encoding (Polars, Arrow) overlap the model (onnxruntime, torch), which all
+    release the GIL. At most two chunks wait, so memory stays bounded by the chunk size."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        first = 0
+        try:
+            chunks = read_chunks(path, fm.spec, chunk_rows, extra=keep, separator=separator)
+            t0 = time.perf_counter()
+            for frame in chunks:
+                t1 = time.perf_counter()
+                try:
+                    batch = encode_for_scoring(frame, fm, source=source)
+                except DataError as err:
+                    raise _absolute_rows(err, first, source) from err
+                item = (first, frame, batch, t1 - t0, time.perf_counter() - t1)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+                first += frame.height
+                t0 = time.perf_counter()
+            q.put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            q.put(err)
+
+    thread = threading.Thread(target=produce, name="mdmt-predict-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.1)
+
+
 def score_file(
     scorer: Scorer,
     path: str | Path,
@@ -149,6 +208,7 @@ def score_file(
     chunk_rows: int = 65_536,
     separator: str = ",",
     on_chunk: Callable[[ChunkStats], None] | None = None,
+    model_rows: int = 16_384,
 ) -> int:
     """Score every row of ``path`` into the Parquet file ``out``; returns the number of rows.
 
@@ -160,9 +220,14 @@ def score_file(
         chunk_rows: rows read, encoded and scored at a time (sets the memory used).
         separator: CSV separator.
         on_chunk: called after each chunk with its :class:`ChunkStats`.
+        model_rows: rows per model call within a chunk (activations of this many rows stay in cache).
+
+    The next chunk is read and encoded in a background thread while the current one is scored and
+    written (see :func:`_encoded_chunks`).
     """
     if chunk_rows < 1:
         raise DataError(f"--chunk-rows must be at least 1, got {chunk_rows}")
+    model_rows = max(1, model_rows)
     fm = scorer.feature_map
     tasks = fm.spec.task_names
     keep = list(keep or [])
@@ -173,19 +238,12 @@ def score_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     writer: pq.ParquetWriter | None = None
-    first = 0
+    n = 0
     source = str(path)
     try:
-        chunks = read_chunks(path, fm.spec, chunk_rows, extra=keep, separator=separator)
-        t0 = time.perf_counter()
-        for frame in chunks:
-            t1 = time.perf_counter()
-            try:
-                batch = encode_for_scoring(frame, fm, source=source)
-            except DataError as err:
-                raise _absolute_rows(err, first, source) from err
+        for first, frame, batch, read_s, encode_s in _encoded_chunks(path, fm, chunk_rows, keep, separator, source):
             t2 = time.perf_counter()
-            probs = scorer.score(batch)
+            probs = np.concatenate([scorer.score(batch.slice(s, s + model_rows)) for s in range(0, len(batch), model_rows)])
             t3 = time.perf_counter()
             cols: dict[str, pa.Array] = {ROW: pa.array(np.arange(first, first + frame.height, dtype=np.int64))}
             for c in keep:
@@ -198,9 +256,8 @@ def score_file(
             writer.write_table(table)
             t4 = time.perf_counter()
             if on_chunk is not None:
-                on_chunk(ChunkStats(first, frame.height, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
-            first += frame.height
-            t0 = time.perf_counter()
+                on_chunk(ChunkStats(first, frame.height, read_s, encode_s, t3 - t2, t4 - t3))
+            n = first + frame.height
         if writer is None:
             raise DataError(f"{path}: no rows to score")
         writer.close()
@@ -210,4 +267,4 @@ def score_file(
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
-    return first
+    return n
