@@ -4,7 +4,7 @@ Steps, in one process:
 
 1. a demo run: MMoE on the synthetic ``douyin`` preset (the ``mdmt demo`` config), trained on
    ``--train-rows`` rows for one epoch unless ``--run-dir`` names a finished run (the model's shape,
-   not its quality, sets the speed);
+   not its quality, sets the speed); ``--model`` trains another registered model;
 2. ``--rows`` fresh raw rows of the same schema (another seed, so some ids are unseen) written as
    Parquet (and as CSV with ``--csv``);
 3. ``mdmt export`` of the run;
@@ -52,16 +52,17 @@ from mdmt.train.run import run_experiment  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def demo_config(rows: int, seed: int, out: Path):
+def demo_config(rows: int, seed: int, out: Path, model: str = "mmoe"):
     return _load_experiment(str(_packaged_config("demo.yaml")), None, {
         "output_dir": str(out),
         "data": {"params": {"rows": rows, "seed": seed}},
+        "model": {"name": model, "params": {}},
         "train": {"epochs": 1, "progress": False},
     })
 
 
-def train_demo(rows: int, out: Path) -> Path:
-    cfg = demo_config(rows, 0, out)
+def train_demo(rows: int, out: Path, model: str = "mmoe") -> Path:
+    cfg = demo_config(rows, 0, out, model)
     return run_experiment(cfg, run_dir=out / "run", quiet=True).run_dir
 
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows to score (default 1,000,000)")
     ap.add_argument("--train-rows", type=int, default=100_000, help="rows of the demo run trained first")
     ap.add_argument("--run-dir", default=None, help="a finished demo run (skip training)")
+    ap.add_argument("--model", default="mmoe", help="registered model trained on the demo schema (default mmoe)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both engines (default 2)")
     ap.add_argument("--chunk-rows", type=int, default=65_536)
     ap.add_argument("--repeats", type=int, default=2)
@@ -117,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mdmt-predict-speed-") as tmp_name:
         tmp = Path(tmp_name)
-        run_dir = Path(args.run_dir) if args.run_dir else train_demo(args.train_rows, tmp)
+        run_dir = Path(args.run_dir) if args.run_dir else train_demo(args.train_rows, tmp, args.model)
         files = raw_rows(args.rows, tmp, args.csv)
         export_dir = export_run(run_dir, tmp / "export")
         results = []
+        model_name = json.loads((export_dir / "manifest.json").read_text())["model"]
         for engine, path in (("torch", run_dir), ("onnx", export_dir)):
             scorer = open_scorer(path, engine=engine, threads=args.threads)
             for fmt, src in files.items():
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     m = describe()
     out = {
         "benchmark": "predict_speed",
-        "model": "mmoe", "schema": "demo (synthetic douyin preset)", "rows": args.rows,
+        "model": model_name, "schema": "demo (synthetic douyin preset)", "rows": args.rows,
         "threads": args.threads, "chunk_rows": args.chunk_rows, "target_rows_per_s": 200_000,
         "machine": m, "machine_line": describe_line(m), "results": results,
         # other processes on the same cores slow every figure down; the 1-minute load average says how busy it was
