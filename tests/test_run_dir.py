@@ -252,5 +252,5 @@ def test_predict_keeps_a_label_column_beside_prefixed_scores(done: Path, tmp_pat
     assert main(["predict", str(done), str(rows), "--out", str(out), "--keep", "user_id", "click",
                  "--score-prefix", "p_"]) == 0
     scores = pl.read_parquet(out)
-    assert scores.columns == ["user_id", "click", "p_click", "p_order"]
+    assert scores.columns == ["row", "user_id", "click", "p_click", "p_order"]
     assert scores["click"].to_list() == pl.read_csv(rows)["click"].to_list()  # the input column, not a score

@@ -51,9 +51,13 @@ def load_trained(run_dir: str | Path):
     if missing:
         raise ServeError(f"{path} is not a finished run directory: {', '.join(missing)} missing "
                          f"(expected {', '.join(_RUN_FILES)} and checkpoints/)")
+    from ..data.base import DataError
+    from ..schema import ConfigError
+    from ..train.checkpoint import CheckpointError
+
     try:
         return load_run(path)
-    except ServeError:
+    except (ServeError, ConfigError, DataError, CheckpointError):  # already one clear message
         raise
     except FileNotFoundError as err:
         raise ServeError(str(err)) from err

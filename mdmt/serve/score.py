@@ -8,7 +8,8 @@ OOV), scored, and appended to the output as one Parquet row group. Memory theref
 and renamed when every row is scored, so a bad row never leaves a partial output behind.
 
 Output columns: ``row`` (0-based row number in the input file), the ``keep`` columns, then one
-Float32 column per task (probability; NaN where the run has no model for the row's cell).
+Float32 column per task, named ``<score_prefix><task>`` (probability; NaN where the run has no
+model for the row's cell).
 
 A bad row is named by its row number in the file (not in the chunk).
 
@@ -209,6 +210,7 @@ def score_file(
     separator: str = ",",
     on_chunk: Callable[[ChunkStats], None] | None = None,
     model_rows: int = 16_384,
+    score_prefix: str = "",
 ) -> int:
     """Score every row of ``path`` into the Parquet file ``out``; returns the number of rows.
 
@@ -221,6 +223,7 @@ def score_file(
         separator: CSV separator.
         on_chunk: called after each chunk with its :class:`ChunkStats`.
         model_rows: rows per model call within a chunk (activations of this many rows stay in cache).
+        score_prefix: prefix of the score columns (``p_`` -> ``p_click``), e.g. to keep a label column.
 
     The next chunk is read and encoded in a background thread while the current one is scored and
     written (see :func:`_encoded_chunks`).
@@ -229,11 +232,12 @@ def score_file(
         raise DataError(f"--chunk-rows must be at least 1, got {chunk_rows}")
     model_rows = max(1, model_rows)
     fm = scorer.feature_map
-    tasks = fm.spec.task_names
+    tasks = [f"{score_prefix}{t}" for t in fm.spec.task_names]
     keep = list(keep or [])
     clash = sorted(set(keep) & ({ROW} | set(tasks)))
     if clash:
-        raise DataError(f"--keep {clash}: an output column of that name already exists (row key {ROW!r} and tasks {tasks})")
+        raise DataError(f"--keep {clash}: the output already has a column of that name (the row key {ROW!r} and the "
+                        f"score columns {tasks}); name the score columns apart with --score-prefix")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")

@@ -34,7 +34,7 @@ def export_unknown_format(ws: Workspace) -> list[str]:
     return ["export", "runs/done", "--format", "tflite"]
 
 
-@bad_input("checkpoint", "Exporting a run whose checkpoint is damaged", expect="the run does not load")
+@bad_input("checkpoint", "Exporting a run whose checkpoint is damaged", expect="not a readable checkpoint")
 def export_damaged_checkpoint(ws: Workspace) -> list[str]:
     run = ws.trained_run()
     ws.write(str((run / "checkpoints" / "all-best.pt").relative_to(ws.root)), b"\x00garbage")
