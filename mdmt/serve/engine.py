@@ -83,9 +83,10 @@ class Scorer:
 
     engine: str = ""
 
-    def __init__(self, feature_map: FeatureMap, metadata: dict[str, Any]) -> None:
+    def __init__(self, feature_map: FeatureMap, metadata: dict[str, Any], sequence_separator: str = "|") -> None:
         self.feature_map = feature_map
         self.metadata = metadata
+        self.sequence_separator = sequence_separator  # how the run's CSV files join sequence ids
 
     @property
     def tasks(self) -> list[str]:
@@ -101,8 +102,8 @@ class TorchScorer(Scorer):
 
     engine = "torch"
 
-    def __init__(self, module: ScoringModule, metadata: dict[str, Any]) -> None:
-        super().__init__(module.fm, metadata)
+    def __init__(self, module: ScoringModule, metadata: dict[str, Any], sequence_separator: str = "|") -> None:
+        super().__init__(module.fm, metadata, sequence_separator)
         self.module = module.eval()
 
     def score(self, batch: Batch) -> np.ndarray:
@@ -143,12 +144,20 @@ class OnnxScorer(Scorer):
             raise ServeError(f"{path / 'model.onnx'} has inputs {have} but feature_map.json implies {want}; "
                              f"the export folder mixes files of different runs, re-run mdmt export")
         meta = {k: manifest.get(k) for k in ("model", "regime", "tasks", "domains", "metrics", "opset", "versions")}
-        super().__init__(fm, meta)
+        super().__init__(fm, meta, str(manifest.get("sequence_separator", "|")))
         self._keep = keep  # a temporary export folder lives as long as the scorer
 
     def score(self, batch: Batch) -> np.ndarray:
         feeds = {k: v.numpy() for k, v in model_inputs(batch, self.feature_map).items()}
         return self.session.run(None, feeds)[0]
+
+
+def sequence_separator(cfg) -> str:
+    """The separator of sequence ids in the run's CSV files (the table source's ``sequence_separator``)."""
+    from ..data.table import SEQUENCE_SEPARATOR
+
+    params = cfg.data.params if cfg.data.source == "table" else {}
+    return str(params.get("sequence_separator", SEQUENCE_SEPARATOR))
 
 
 def _run_metadata(run) -> dict[str, Any]:
@@ -190,4 +199,4 @@ def open_scorer(path: str | Path, engine: str | None = None, threads: int | None
         out = export_run(p, Path(tmp.name) / "export", run=run)
         return OnnxScorer(out, threads, keep=tmp)
     module = ScoringModule(run.feature_map, run.models, [u.domains for u in run.units], [u.tasks for u in run.units])
-    return TorchScorer(module, _run_metadata(run))
+    return TorchScorer(module, _run_metadata(run), sequence_separator(run.config))

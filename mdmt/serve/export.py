@@ -284,7 +284,7 @@ def export_run(
     The folder is written beside its final place and renamed into it, so a failed export leaves
     nothing half-written; an existing export there is replaced. ``run``: the already loaded run.
     """
-    from .engine import load_trained
+    from .engine import load_trained, sequence_separator
 
     if fmt != "onnx":
         raise ServeError(f"--format {fmt!r} is not supported; the one export format is 'onnx'")
@@ -317,6 +317,7 @@ def export_run(
                          "meaning": "probability (sigmoid of the logit) per task; NaN where no unit scores the cell",
                          "tasks": spec.task_names}],
             "opset": opset,
+            "sequence_separator": sequence_separator(run.config),
             "exporter": "torch.onnx.export(dynamo=True)",
             "max_abs_diff_vs_torch": worst,
             "versions": _package_versions(),

@@ -92,7 +92,8 @@ def _check(have: list[str], spec: DatasetSpec, extra: list[str], path: Path) -> 
 
 
 def read_chunks(
-    path: str | Path, spec: DatasetSpec, chunk_rows: int, extra: list[str] | None = None, separator: str = ","
+    path: str | Path, spec: DatasetSpec, chunk_rows: int, extra: list[str] | None = None, separator: str = ",",
+    sequence_separator: str = "|",
 ) -> Iterator[pl.DataFrame]:
     """Raw rows of ``path`` (CSV or Parquet), ``chunk_rows`` at a time, with the schema's raw
     columns (sequences as list columns) plus ``extra`` columns. Missing columns raise a DataError
@@ -131,7 +132,11 @@ def read_chunks(
             for start in range(0, chunk.height, chunk_rows):  # re-cut: a reader may hand out larger chunks
                 part = chunk.slice(start, chunk_rows)
                 if not _is_parquet(path):
-                    part = _typed_ids(parse_sequences(part, spec), spec)
+                    try:
+                        part = parse_sequences(part, spec, sequence_separator, source=str(path))
+                    except DataError as err:
+                        raise _absolute_rows(err, first, str(path)) from err
+                    part = _typed_ids(part, spec)
                 yield part
                 first += part.height
     except pl.exceptions.PolarsError as err:  # a cell that does not parse (e.g. text in a dense column)
@@ -147,7 +152,9 @@ def _absolute_rows(err: DataError, first_row: int, source: str) -> DataError:
 _DONE = object()
 
 
-def _encoded_chunks(path, fm, chunk_rows: int, keep: list[str], separator: str, source: str) -> Iterator[tuple]:
+def _encoded_chunks(
+    path, fm, chunk_rows: int, keep: list[str], separator: str, source: str, sequence_separator: str
+) -> Iterator[tuple]:
     """``(first_row, frame, batch, read_s, encode_s)`` per chunk, produced one chunk ahead in a
     thread: reading and encoding (Polars, Arrow) overlap the model (onnxruntime, torch), which all
     release the GIL. At most two chunks wait, so memory stays bounded by the chunk size."""
@@ -157,7 +164,8 @@ def _encoded_chunks(path, fm, chunk_rows: int, keep: list[str], separator: str, 
     def produce() -> None:
         first = 0
         try:
-            chunks = read_chunks(path, fm.spec, chunk_rows, extra=keep, separator=separator)
+            chunks = read_chunks(path, fm.spec, chunk_rows, extra=keep, separator=separator,
+                                 sequence_separator=sequence_separator)
             t0 = time.perf_counter()
             for frame in chunks:
                 t1 = time.perf_counter()
@@ -211,6 +219,7 @@ def score_file(
     on_chunk: Callable[[ChunkStats], None] | None = None,
     model_rows: int = 16_384,
     score_prefix: str = "",
+    sequence_separator: str = "|",
 ) -> int:
     """Score every row of ``path`` into the Parquet file ``out``; returns the number of rows.
 
@@ -224,6 +233,7 @@ def score_file(
         on_chunk: called after each chunk with its :class:`ChunkStats`.
         model_rows: rows per model call within a chunk (activations of this many rows stay in cache).
         score_prefix: prefix of the score columns (``p_`` -> ``p_click``), e.g. to keep a label column.
+        sequence_separator: how a CSV joins the ids of a sequence cell (the run's, see ``Scorer``).
 
     The next chunk is read and encoded in a background thread while the current one is scored and
     written (see :func:`_encoded_chunks`).
@@ -245,7 +255,8 @@ def score_file(
     n = 0
     source = str(path)
     try:
-        for first, frame, batch, read_s, encode_s in _encoded_chunks(path, fm, chunk_rows, keep, separator, source):
+        for first, frame, batch, read_s, encode_s in _encoded_chunks(path, fm, chunk_rows, keep, separator, source,
+                                                                          sequence_separator):
             t2 = time.perf_counter()
             probs = np.concatenate([scorer.score(batch.slice(s, s + model_rows)) for s in range(0, len(batch), model_rows)])
             t3 = time.perf_counter()
