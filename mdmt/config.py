@@ -139,8 +139,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 #: keys of a config file holding paths read from (resolved against the file when the file exists there)
 _INPUT_PATHS = (("data", "params", "path"), ("data", "params", "schema"), ("data", "params", "features_path"))
-#: keys holding paths written to (always resolved against the file)
-_OUTPUT_PATHS = (("data", "cache_dir"), ("output_dir",), ("train", "warm_start", "run_dir"))
+#: keys holding other paths (always resolved against the file). ``output_dir`` is not among them: like
+#: the ``output_dir`` of a bench config, it names where results go, relative to the working directory.
+_OUTPUT_PATHS = (("data", "cache_dir"), ("train", "warm_start", "run_dir"))
 
 
 def _resolve_paths(data: dict[str, Any], directory: Path) -> dict[str, Any]:
@@ -148,8 +149,9 @@ def _resolve_paths(data: dict[str, Any], directory: Path) -> dict[str, Any]:
 
     Input files (``data.params.path``, ``schema``, ``features_path``) are resolved against the
     file's directory when they exist there; otherwise they are left as written, so that a data
-    source can still look them up under ``--data-dir``. Output locations (``output_dir``,
-    ``data.cache_dir``) and ``train.warm_start.run_dir`` are always resolved against it.
+    source can still look them up under ``--data-dir``. ``data.cache_dir`` and
+    ``train.warm_start.run_dir`` are always resolved against it. ``output_dir`` (where runs are
+    written) stays relative to the working directory.
     """
 
     def resolve(keys: tuple[str, ...], must_exist: bool) -> None:
