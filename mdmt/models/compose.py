@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
@@ -32,7 +32,7 @@ from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
 from .blocks import BlockConfig, BlockKind, build_block
-from .heads import TowerConfig, build_head, head_config, reads_shared_input
+from .heads import HEADS, TowerConfig, build_head, head_config, reads_shared_input
 
 __all__ = ["HeadedConfig", "CompositionConfig", "ComposeConfig", "Composed"]
 
@@ -54,10 +54,19 @@ class HeadedConfig(StrictModel):
     act: Activation = "relu"
     norm: Norm = "none"
 
-    @model_validator(mode="after")
-    def _check_head(self) -> "HeadedConfig":
-        head_config(self.head, self.head_params)  # unknown head or bad head_params: a clear error
-        return self
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, kind: str) -> str:
+        if kind not in HEADS:
+            raise ValueError(f"unknown head {kind!r}; registered: {', '.join(sorted(HEADS))}")
+        return kind
+
+    @field_validator("head_params")
+    @classmethod
+    def _head_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "head" in info.data:  # else the head itself was rejected above
+            head_config(info.data["head"], params)  # the head's own strict config
+        return params
 
     def towers(self) -> TowerConfig:
         """The towers' settings for :func:`~mdmt.models.heads.build_head`."""
