@@ -164,6 +164,9 @@ class DAR(nn.Module):
         super().__init__()
         self.down = nn.Linear(n, k)  # W_1^DAR, b_1^DAR
         self.up = nn.Linear(k, m)  # W_2^DAR, b_2^DAR
+        # b_1 starts at 0: on the small initial embeddings a negative bias would leave its
+        # bottleneck unit dead (ReLU, no gradient) from the first step
+        nn.init.zeros_(self.down.bias)
 
     def forward(self, z: Tensor) -> Tensor:
         x = torch.relu(self.down(z))  # Eq. 8a: X^DAR = ReLU([e_u^d ; e_v^d] W_1 + b_1)
@@ -238,12 +241,14 @@ class PMTA(MDMTModel):
         dense_names = [f.name for f in spec.dense_features()]
         keys_of = {f.name: [k for k in embeddings.keys if k.split("@", 1)[0] == f.name] for f in spec.features}
         side = {"user": 0, "item": 1, "context": 2}
-        self._related: list[tuple[list[str], list[int]]] = []  # per task: (embedding keys, dense columns)
+        # per task, the parts of [e_u^t ; e_v^t]: ("key", embedding key) or ("dense", column of batch.dense)
+        self._related: list[list[tuple[str, str | int]]] = []
         for task in spec.tasks:
-            feats = sorted(task.related_features, key=lambda f: side[spec.feature(f).source])  # e_u^t then e_v^t
-            keys = [k for f in feats for k in keys_of[f]]
-            cols = [dense_names.index(f) for f in feats if f in dense_names]
-            self._related.append((keys, cols))
+            feats = sorted(task.related_features, key=lambda f: side[spec.feature(f).source])  # user side first
+            parts: list[tuple[str, str | int]] = []
+            for f in feats:
+                parts += [("dense", dense_names.index(f))] if f in dense_names else [("key", k) for k in keys_of[f]]
+            self._related.append(parts)
             if cfg.tpe and not task.related_features:
                 self._notes.append(f"PMTA: task {task.name!r} declares no related_features; its TPE sees the prompt p^t alone")
         per_domain = [
@@ -255,7 +260,8 @@ class PMTA(MDMTModel):
         if cfg.tpe:
             self.prompts = nn.Parameter(torch.randn(T, cfg.prompt_dim) / cfg.prompt_dim**0.5)  # p^t
             widths = [
-                cfg.prompt_dim + sum(embeddings.dims[k] for k in keys) + len(cols) for keys, cols in self._related
+                cfg.prompt_dim + sum(1 if kind == "dense" else embeddings.dims[k] for kind, k in parts)  # type: ignore[index]
+                for parts in self._related
             ]
             self.tpe = nn.ModuleList([MLP(n, [cfg.tpe_hidden], out_dim=w - h1) for n in widths])
             with torch.no_grad():  # TPE starts near zero, so m^t starts as C_1^t (see the docstring)
@@ -331,11 +337,11 @@ class PMTA(MDMTModel):
         """Eq. 1-2 for every task: ``[B, T, w − h1]``."""
         B = batch.domain.shape[0]
         out = []
-        for t, (keys, cols) in enumerate(self._related):
-            parts = [self.prompts[t].expand(B, -1)] + [pooled[k] for k in keys]  # [p^t ; e_u^t ; e_v^t]
-            if cols:
-                parts.append(batch.dense[:, cols])
-            out.append(self.tpe[t](torch.cat(parts, dim=-1)))  # Eq. 1-2: (ReLU(z W_1 + b_1)) W_2 + b_2
+        for t, related in enumerate(self._related):
+            parts = [self.prompts[t].expand(B, -1)]  # p^t
+            for kind, k in related:  # e_u^t, then e_v^t
+                parts.append(batch.dense[:, k : k + 1] if kind == "dense" else pooled[k])  # type: ignore[misc,index]
+            out.append(self.tpe[t](torch.cat(parts, dim=-1)))  # Eq. 1-2: ReLU([p^t ; e_u^t ; e_v^t] W_1 + b_1) W_2 + b_2
         return torch.stack(out, dim=1)
 
     def _dar_input(self, batch: Batch, pooled: dict[str, Tensor]) -> Tensor:
