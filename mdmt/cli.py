@@ -172,6 +172,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(frame):,} rows x {len(run.feature_map.spec.task_names)} task scores to {out}")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analyze import analyze_run
+
+    res = analyze_run(args.run_dir, out=args.out, split=args.split, data_dir=args.data_dir,
+                      max_rows=args.max_rows or None)
+    for tag, a in res.analyses.items():
+        print(f"{tag}: {sum(a.rows.values()):,} {args.split} rows; prompt norms "
+              + ", ".join(f"{t} {n:.3f}" for t, n in a.prompt_norms.items()))
+    print(f"wrote {res.json} and {len(res.pngs)} plots: " + ", ".join(p.name for p in res.pngs))
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     from .data import load_prepared
 
@@ -241,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
               mdmt demo
               mdmt train configs/ml100k_mmoe.yaml --set train.seed=1
               mdmt bench configs/bench/ml100k_m3oe.yaml
+              mdmt analyze runs/my-pmta-run
               mdmt models
             """),
     )
@@ -290,6 +302,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="prefix of the score columns (default: none, the columns are the task names)")
     p.add_argument("--separator", default=",", help="CSV separator")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("analyze", help="what a trained PMTA run learned: attention maps, DAR scales, prompt norms",
+                       formatter_class=fmt,
+                       epilog="example:\n  mdmt analyze runs/my-pmta-run --split test --out analysis/")
+    p.add_argument("run_dir", help="a run directory written by mdmt train with model pmta")
+    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--max-rows", type=int, default=50_000, help="rows analysed at most, a seeded random subset (0 = all)")
+    _add_common(p, config=False)
+    p.set_defaults(func=cmd_analyze)
 
     pd = sub.add_parser("data", help="prepare data or print its statistics")
     dsub = pd.add_subparsers(dest="data_verb", required=True, metavar="ACTION")

@@ -371,3 +371,22 @@ def test_prompt_norms_and_related_inputs_by_meaning():
     # the like task's TPE input: p (3) + sequence (4) + user stat (1) + item stat (1) + item ids (4 + 2)
     assert model.tpe[0][0].in_features == 3 + 4 + 1 + 1 + 4 + 2
     assert model.tpe[1][0].in_features == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# e^g and e^d as configuration
+# ---------------------------------------------------------------------------------------------
+def test_domain_specific_tables_join_the_shared_ones():
+    from .conftest import make_tiny
+
+    spec, _ = make_tiny()
+    out = spec.with_domain_tables(["user_id", "item_id"])
+    tables = {t.name: t for t in out.effective_tables()}
+    assert tables["user_id"].features == ["user_id"] and not tables["user_id"].per_domain  # e^g kept
+    assert tables["item_id"].features == ["item_id", "hist_item"]  # the sequence keeps sharing item rows
+    assert tables["user_id_domain"].per_domain and tables["user_id_domain"].features == ["user_id"]  # e^d
+    assert tables["item_id_domain"].dim == tables["item_id"].dim
+    assert out.with_domain_tables(["user_id"]) == out  # already domain-specific: unchanged
+    for bad, match in (("nope", "unknown feature"), ("price", "dense")):
+        with pytest.raises(ValueError, match=match):
+            spec.with_domain_tables([bad])
