@@ -6,13 +6,18 @@ Computing only; :mod:`mdmt.analyze.plots` renders the result (DESIGN §5.9).
 Example::
 
     >>> import torch
+    >>> from mdmt.batch import Batch
+    >>> from mdmt.featuremap import FeatureMap
     >>> from mdmt.models import build_model
-    >>> from tests.conftest import make_tiny, make_batch  # doctest: +SKIP
-    >>> spec, fm = make_tiny(per_domain=True)  # doctest: +SKIP
-    >>> model = build_model("pmta", spec, fm, {"width": 64}).eval()  # doctest: +SKIP
-    >>> res = analyze_model(model, make_batch(spec, fm, 64), spec.domain_names)  # doctest: +SKIP
-    >>> len(res.attention), len(res.attention[0])  # domains x layers  # doctest: +SKIP
-    (3, 2)
+    >>> from mdmt.schema import DatasetSpec, DomainSpec, FeatureSpec, TaskSpec
+    >>> spec = DatasetSpec(name="t", features=[FeatureSpec(name="u", source="user")], default_dim=4,
+    ...     domain=DomainSpec(column="d", names=["a", "b"]), tasks=[TaskSpec(name="x", label="x"), TaskSpec(name="y", label="y")])
+    >>> model = build_model("pmta", spec, FeatureMap.layout_of(spec, vocabs={"u": ["1"]}), {"width": 48})
+    >>> b = Batch.empty(num_sparse=1, num_dense=0, num_tasks=2, size=6)
+    >>> b.domain = torch.tensor([0, 0, 0, 1, 1, 1])
+    >>> res = analyze_model(model, b, ["a", "b"])
+    >>> len(res.attention), len(res.attention[0]), res.rows        # domains x layers
+    (2, 2, {'a': 3, 'b': 3})
 """
 
 from __future__ import annotations

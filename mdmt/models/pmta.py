@@ -41,9 +41,9 @@ Example::
     >>> from mdmt.featuremap import FeatureMap
     >>> from mdmt.batch import Batch
     >>> spec = DatasetSpec(name="t", features=[FeatureSpec(name="u", source="user"), FeatureSpec(name="i", source="item")],
-    ...     tables=[TableSpec(name="g", dim=4, features=["u", "i"]), TableSpec(name="d", dim=4, features=["u", "i"], per_domain=True)],
-    ...     domain=DomainSpec(column="dom", names=["a", "b"]),
-    ...     tasks=[TaskSpec(name="like", label="like", related_features=["i"]), TaskSpec(name="finish", label="finish")])
+    ...     domain=DomainSpec(column="dom", names=["a", "b"]), default_dim=4,
+    ...     tasks=[TaskSpec(name="like", label="like", related_features=["i"]), TaskSpec(name="finish", label="finish")],
+    ... ).with_domain_tables(["u", "i"])                      # e^g and e^d for users and items
     >>> fm = FeatureMap.layout_of(spec, vocabs={"u": ["1", "2"], "i": ["1", "2"]})
     >>> model = build_model("pmta", spec, fm, {"width": 32, "tower_hidden": [8]})
     >>> b = Batch.empty(num_sparse=2, num_dense=0, num_tasks=2, size=3)
