@@ -342,7 +342,7 @@ def test_every_parameter_that_should_learn_gets_a_gradient(backbone, params):
         assert p.grad is not None and torch.isfinite(p.grad).all() and torch.any(p.grad != 0), n
     groups = model.optim_groups()
     assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
-    head = {n for n, _ in model.head_parameters()}
+    head = {n for n, _ in model.pmta_parameters()}
     assert head and all(not n.startswith(("embeddings.", "backbone.", "towers.")) for n in head)
 
 

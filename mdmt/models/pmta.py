@@ -299,7 +299,7 @@ class PMTA(MDMTModel):
             self.dar = nn.ModuleList([DAR(n, k, w) for _ in range(num_scaled)])
 
     # ------------------------------------------------------------------------------------------
-    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
+    def pmta_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """PMTA's own parameters (prompts, TPE, TMPN or fusion MLP, DAR), i.e. everything but the
         embeddings, ``H``, the multi-task block and the classifiers ``C^t``."""
         base = ("embeddings.", "backbone.", "experts.", "gates.", "towers.")
@@ -307,9 +307,9 @@ class PMTA(MDMTModel):
 
     def optim_groups(self) -> list[OptimGroup]:
         """Two Adam groups: the base model at the trainer's learning rate, PMTA's head at ``head_lr``."""
-        head = {id(p) for _, p in self.head_parameters()}
+        head = {id(p) for _, p in self.pmta_parameters()}
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in head]
-        own = [p for _, p in self.head_parameters() if p.requires_grad]
+        own = [p for _, p in self.pmta_parameters() if p.requires_grad]
         return [OptimGroup("main", main), OptimGroup("pmta_head", own, lr=self.cfg.head_lr)]
 
     def report_notes(self) -> list[str]:
