@@ -1,7 +1,8 @@
 """Rendering of :class:`~mdmt.analyze.pmta.PMTAAnalysis` (matplotlib, Agg; no global pyplot state).
 
 * :func:`plot_attention`: one ``T × T`` heatmap per (domain, layer), values annotated.
-* :func:`plot_dar_scales`: per layer, the distribution of DAR scales of each domain.
+* :func:`plot_dar_scales`: per layer, the distribution of DAR scales of each domain, and each
+  scale unit's mean per domain.
 * :func:`plot_prompt_norms`: ``‖p^t‖₂`` per task, beside the mean norms of the two halves of ``m^t``.
 """
 
@@ -52,17 +53,19 @@ def plot_attention(res: PMTAAnalysis, path: str | Path, title: str = "") -> Path
 
 
 def plot_dar_scales(res: PMTAAnalysis, path: str | Path, title: str = "") -> Path | None:
-    """One panel per layer: the histogram of DAR scales of each domain over (0, 2). None without DAR."""
+    """Per layer (columns): the histogram of DAR scales of each domain (top) and each scale unit's
+    mean per domain, units ordered by their mean over domains (bottom), which shows where the
+    domains are rescaled differently. None without DAR."""
     per_domain = [(d, s) for d, s in zip(res.domains, res.dar) if s]
     if not per_domain:
         return None
     L = len(per_domain[0][1])
-    fig = _new_figure(3.6 * L + 0.5, 3.2)
+    fig = _new_figure(3.6 * L + 0.5, 5.6)
     fig.set_layout_engine("constrained")
-    axes = np.atleast_1d(fig.subplots(1, L, squeeze=False)[0])
+    axes = fig.subplots(2, L, squeeze=False)
     edges = np.linspace(0.0, 2.0, DAR_BINS + 1)
     for i in range(L):
-        ax = axes[i]
+        ax = axes[0, i]
         for d, stats in per_domain:
             counts = np.asarray(stats[i].histogram, dtype=float)
             share = counts / max(counts.sum(), 1.0)
@@ -75,6 +78,15 @@ def plot_dar_scales(res: PMTAAnalysis, path: str | Path, title: str = "") -> Pat
         ax.set_xlabel("DAR scale", fontsize=8)
         ax.set_ylabel("share of entries", fontsize=8)
         ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1, i]
+        units = np.asarray([st[i].per_unit_mean for _, st in per_domain])  # [D, w]
+        order = np.argsort(units.mean(0))
+        for (d, _), row in zip(per_domain, units):
+            ax.plot(row[order], lw=0.8, label=d)
+        ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("scale unit (ordered by its mean over domains)", fontsize=8)
+        ax.set_ylabel("mean scale", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(title or "PMTA: distribution of DAR scales per domain", fontsize=10)
     return _save(fig, path)
