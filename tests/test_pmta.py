@@ -390,3 +390,20 @@ def test_domain_specific_tables_join_the_shared_ones():
     for bad, match in (("nope", "unknown feature"), ("price", "dense")):
         with pytest.raises(ValueError, match=match):
             spec.with_domain_tables([bad])
+
+
+def test_the_trainer_steps_pmtas_own_parameters_at_head_lr():
+    from mdmt.config import TrainConfig
+    from mdmt.train.trainer import Trainer
+
+    model = build({"head_lr": 1e-3})
+    trainer = Trainer(model, TrainConfig(lr=0.01, device="cpu"), score_fn=lambda p: 0.0)
+    lrs = {}
+    for opt in trainer.optimizers:
+        for g in opt.param_groups:
+            for p in g["params"]:
+                lrs[id(p)] = g["lr"]
+    own = {id(p) for _, p in model.pmta_parameters()}
+    for n, p in model.named_parameters():
+        assert lrs[id(p)] == (1e-3 if id(p) in own else 0.01), n
+    assert {n.split(".")[0] for n, _ in model.pmta_parameters()} == {"prompts", "tpe", "norm_in", "layers", "dar"}
