@@ -40,7 +40,7 @@ def test_report_states_that_a_task_without_related_features_sees_its_prompt_alon
     report = (pmta_run / "report.md").read_text()
     assert "task 'click' declares no related_features; its TPE sees the prompt p^t alone" in report
     assert "no per_domain table" not in report  # e^d is declared through data.domain_specific
-    assert json.loads((pmta_run / "metrics.json").read_text())["notes"]
+    assert json.loads((pmta_run / "metrics.json").read_text())["model_notes"]
 
 
 def test_analyze_writes_the_numbers_and_the_plots(pmta_run: Path, tmp_path: Path, capsys):
