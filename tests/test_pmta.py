@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mdmt.batch import Batch
+from mdmt.embeddings import _module_key
 from mdmt.featuremap import DenseStats, FeatureMap
 from mdmt.models import build_model, model_config
 from mdmt.models.pmta import DAR, PMTA, attention_weights
@@ -74,10 +75,11 @@ def hand_batch() -> Batch:
     )
 
 
-def build(params: dict | None = None, per_domain: bool = True, related: bool = True, seed: int = 0) -> PMTA:
+def build(params: dict | None = None, per_domain: bool = True, related: bool = True, seed: int = 0,
+          domain_input: bool = True) -> PMTA:
     spec, fm = make_spec(per_domain, related)
     torch.manual_seed(seed)
-    model = build_model("pmta", spec, fm, {**SMALL, **(params or {})})
+    model = build_model("pmta", spec, fm, {**SMALL, **(params or {})}, embedding={"domain_input": domain_input})
     with torch.no_grad():  # embeddings at a visible scale (padding rows stay 0), so every term matters
         for table in model.embeddings.tables.values():
             table.weight.mul_(100.0)
@@ -86,7 +88,7 @@ def build(params: dict | None = None, per_domain: bool = True, related: bool = T
 
 def emb_row(model: PMTA, table: str, ids: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of a table by hand; a per-domain table stacks one block of ``rows`` per domain."""
-    weight = model.embeddings.tables[table].weight
+    weight = model.embeddings.table(table).weight
     if domain is not None:
         ids = ids + domain * (weight.shape[0] // 2)
     return weight[ids]
@@ -102,10 +104,11 @@ def lin(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
 def test_eq1_eq2_task_prompt_encoding():
     model, b = build(), hand_batch()
     tr = model.trace(b)
-    hist = model.embeddings.tables["item_g"].weight[b.sequences["hist_like"]]  # padding row 0 is zero
+    hist = model.embeddings.table("item_g").weight[b.sequences["hist_like"]]  # padding row 0 is zero
     hist = hist.sum(1) / b.seq_lengths["hist_like"].clamp(min=1).unsqueeze(1)  # pooled sequence of likes
-    e_u = torch.cat([hist, b.dense[:, 1:2]], dim=1)  # user side: sequence, user statistic
-    e_v = torch.cat([b.dense[:, 0:1], emb_row(model, "item_g", b.sparse[:, 1]),
+    proj = model.embeddings.dense_projections  # dense statistics through their learned projection
+    e_u = torch.cat([hist, lin(b.dense[:, 1:2], proj[_module_key("user_like_rate")])], dim=1)  # user side: sequence, statistic
+    e_v = torch.cat([lin(b.dense[:, 0:1], proj[_module_key("item_like_rate")]), emb_row(model, "item_g", b.sparse[:, 1]),
                      emb_row(model, "item_d", b.sparse[:, 1], b.domain)], dim=1)  # item side
     net = model.tpe[0]
     z = torch.cat([model.prompts[0].expand(4, -1), e_u, e_v], dim=1)  # Concat(p^t, e_u^t, e_v^t)
@@ -123,7 +126,7 @@ def test_eq3_task_tokens_join_prompt_and_first_classifier_layer():
     model, b = build(), hand_batch()
     tr = model.trace(b)
     h = model.backbone.embed(b, model.embeddings)  # H(x)
-    W, c = model.towers.weights[0], model.towers.biases[0]
+    W, c = model.head.first_layer.weights[0], model.head.first_layer.biases[0]
     c1 = torch.stack([torch.relu(h @ W[t] + c[t]) for t in range(2)], dim=1)  # C_1^t(H(x))
     assert torch.allclose(tr.c1, c1, atol=1e-6)
     assert torch.equal(tr.tokens, torch.cat([tr.tpe, tr.c1], dim=-1))  # m^t = [TPE^t ; C_1^t]
@@ -163,9 +166,9 @@ def test_eq4_to_eq7_and_eq9_cross_task_transformer_with_rescaling():
         X = _ctt(layer, X) * tr.dar[i].unsqueeze(1)  # Eq. 9: CTT_i(X_i) ⊙ DAR
         assert torch.allclose(tr.layer_outputs[i], X, atol=1e-5)
     # output: the C_1 slot of each final token through the rest of its classifier
-    W, c = model.towers.weights, model.towers.biases
+    W, c = model.head.rest_layers.weights, model.head.rest_layers.biases
     logits = torch.stack(
-        [(torch.relu(X[:, t, -8:] @ W[1][t] + c[1][t]) @ W[2][t] + c[2][t])[:, 0] for t in range(2)], dim=1
+        [(torch.relu(X[:, t, -8:] @ W[0][t] + c[0][t]) @ W[1][t] + c[1][t])[:, 0] for t in range(2)], dim=1
     )
     assert torch.allclose(tr.logits, logits, atol=1e-5)
     out = model(b).logits
@@ -210,13 +213,17 @@ def test_dar_output_lies_in_0_2_and_is_1_at_zero_output_weights():
     assert torch.equal(dar(torch.randn(5, 6)), torch.ones(5, 10))
 
 
-def test_dar_without_per_domain_tables_reads_a_learned_domain_embedding():
-    model, b = build(per_domain=False), hand_batch()
-    tr = model.trace(b)
-    z = model.domain_embedding.weight[b.domain]
-    dar = model.dar[0]
-    assert torch.allclose(tr.dar[0], 2 * torch.sigmoid(lin(torch.relu(lin(z, dar.down)), dar.up)), atol=1e-6)
-    assert any("no per_domain table" in n for n in model.report_notes())
+def test_dar_without_per_domain_tables_reads_the_domain_ids_embedding():
+    b = hand_batch()
+    for domain_input in (True, False):
+        model = build(per_domain=False, domain_input=domain_input)
+        tr = model.trace(b)
+        table = model.embeddings.domain_table if domain_input else model.domain_embedding
+        z = table.weight[b.domain]
+        dar = model.dar[0]
+        assert torch.allclose(tr.dar[0], 2 * torch.sigmoid(lin(torch.relu(lin(z, dar.down)), dar.up)), atol=1e-6)
+        assert any("no user- or item-side per_domain table" in n for n in model.report_notes())
+        assert hasattr(model, "domain_embedding") != domain_input  # its own table only without the input
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,12 +242,13 @@ def _flip(b: Batch) -> Batch:
 
 
 @pytest.mark.parametrize(
-    "per_domain, dar, moves",
-    [(True, True, True), (True, False, True), (False, True, True), (False, False, False)],
-    ids=["e^d+DAR", "e^d only", "DAR only", "neither"],
+    "per_domain, dar, domain_input, moves",
+    [(True, True, True, True), (True, False, False, True), (False, True, False, True), (False, False, True, True),
+     (False, False, False, False)],
+    ids=["e^d+DAR+domain-id", "e^d only", "DAR only", "domain-id input only", "none"],
 )
-def test_changing_only_the_domain_acts_through_ed_and_dar_only(per_domain, dar, moves):
-    model, b = build({"dar": dar}, per_domain=per_domain), hand_batch()
+def test_changing_only_the_domain_acts_through_ed_and_dar_only(per_domain, dar, domain_input, moves):
+    model, b = build({"dar": dar}, per_domain=per_domain, domain_input=domain_input), hand_batch()
     a, c = _logits(model, b), _logits(model, _flip(b))
     if moves:
         assert torch.all((a - c).abs().amax(1) > 1e-6)
@@ -253,8 +261,8 @@ def test_domain_moves_the_dar_scales_only_through_its_input():
     t1, t2 = model.trace(b), model.trace(_flip(b))
     assert not torch.allclose(t1.c1, t2.c1)  # e^d is an input of H
     assert not torch.allclose(t1.dar[0], t2.dar[0])
-    # with DAR alone (no e^d), the tokens are the same in both domains; only the scales move
-    model = build(per_domain=False)
+    # with DAR alone (no e^d, no domain-id input), the tokens are the same in both domains; only the scales move
+    model = build(per_domain=False, domain_input=False)
     t1, t2 = model.trace(b), model.trace(_flip(b))
     assert torch.equal(t1.tokens, t2.tokens) and torch.equal(t1.layer_inputs[0], t2.layer_inputs[0])
     assert not torch.allclose(t1.dar[0], t2.dar[0])
@@ -286,7 +294,8 @@ def test_without_dar_removes_exactly_dar():
 def test_without_tpe_removes_exactly_tpe():
     full, ablated = build(), build({"tpe": False})
     f, a = _names(full), _names(ablated)
-    assert {n for n in set(f) - set(a)} == {n for n in f if n.startswith(("tpe.", "prompts"))}
+    # TPE's networks, prompts and the projections of the dense statistics it reads
+    assert {n for n in set(f) - set(a)} == {n for n in f if n.startswith(("tpe.", "prompts", "embeddings.dense_projections."))}
     assert set(a) <= set(f)
     for n in a:  # everything else is kept; the token is C_1^t alone, so the TMPN and DAR are h1 = 8 wide
         if n.startswith(("layers.", "norm_in.", "dar.")):
@@ -327,7 +336,7 @@ def _loss(model: PMTA, b: Batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("params", [{}, {"tpe": False}, {"fusion": "mlp"}, {"dar": False},
-                                    {"block": "mmoe", "num_experts": 2, "expert_hidden": [6]}])
+                                    {"block": "mmoe", "block_params": {"num_experts": 2, "expert_hidden": [6]}}])
 @pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
 def test_every_parameter_that_should_learn_gets_a_gradient(backbone, params):
     spec, fm = make_spec()
@@ -343,7 +352,7 @@ def test_every_parameter_that_should_learn_gets_a_gradient(backbone, params):
     groups = model.optim_groups()
     assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
     head = {n for n, _ in model.pmta_parameters()}
-    assert head and all(not n.startswith(("embeddings.", "backbone.", "towers.")) for n in head)
+    assert head and all(not n.startswith(("embeddings.", "backbone.", "block.", "head.")) for n in head)
 
 
 def test_defaults_follow_the_paper():
@@ -368,8 +377,8 @@ def test_prompt_norms_and_related_inputs_by_meaning():
     norms = model.prompt_norms()
     assert set(norms) == {"like", "finish"}
     assert norms["like"] == pytest.approx(float(model.prompts[0].detach().norm()))
-    # the like task's TPE input: p (3) + sequence (4) + user stat (1) + item stat (1) + item ids (4 + 2)
-    assert model.tpe[0][0].in_features == 3 + 4 + 1 + 1 + 4 + 2
+    # the like task's TPE input: p (3) + sequence (4) + user stat (4) + item stat (4) + item ids (4 + 2)
+    assert model.tpe[0][0].in_features == 3 + 4 + 4 + 4 + 4 + 2
     assert model.tpe[1][0].in_features == 3
 
 

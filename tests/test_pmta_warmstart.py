@@ -21,7 +21,7 @@ from .shop import write_project
 BASE = "backbone: mlp, backbone_params: {hidden: [16]}, tower_hidden: [8, 4]"
 PMTA = BASE + ", width: 32, num_heads: 2, tpe_hidden: 8"
 BASES = {"sharedbottom": BASE, "mmoe": BASE + ", num_experts: 2, expert_hidden: [12]"}
-BLOCK = {"sharedbottom": "", "mmoe": ", block: mmoe, num_experts: 2, expert_hidden: [12]"}
+BLOCK = {"sharedbottom": "", "mmoe": ", block: mmoe, block_params: {num_experts: 2, expert_hidden: [12]}"}
 
 
 def _project(root: Path, model: str, params: str) -> Path:
@@ -54,7 +54,7 @@ def test_warm_start_loads_exactly_the_base_models_weights(base_run):
     params = {"backbone": "mlp", "backbone_params": {"hidden": [16]}, "tower_hidden": [8, 4], "width": 32,
               "num_heads": 2, "tpe_hidden": 8}
     if name == "mmoe":
-        params.update(block="mmoe", num_experts=2, expert_hidden=[12])
+        params.update(block="mmoe", block_params={"num_experts": 2, "expert_hidden": [12]})
     model = build_model("pmta", fm.spec, fm, params)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _, summary = apply_warm_start(model, load_source(run, fm), "all", WarmStartConfig(run_dir=str(run)), quiet=True)
@@ -64,6 +64,7 @@ def test_warm_start_loads_exactly_the_base_models_weights(base_run):
     assert set(summary.loaded) == set(ref) and not summary.unused
     own = {n for n, _ in model.pmta_parameters()}
     assert own and not own & set(summary.loaded)
+    assert {k.split(".")[0] for k in summary.loaded} == {"embeddings", "backbone", "head"} | ({"block"} if name == "mmoe" else set())
     for k in summary.loaded:
         assert torch.equal(state[k], ref[k]), k
     # PMTA's own parts start fresh

@@ -5,7 +5,7 @@ takes the first-layer output ``C_1^t`` of every classifier, joins it with a task
 ``T`` task tokens attend to each other, rescales every layer by the domain, and sends each task's
 final token through the rest of its classifier::
 
-    h          = H(e_u^g, e_u^d, e_v^g, e_v^d, e_o)                     # §2.1 backbone (+ optional MMoE block)
+    h          = H(e_u^g, e_u^d, e_v^g, e_v^d, e_o)                     # §2.1 backbone (+ a multi-task block)
     x^t_TPE    = ReLU([p^t ; e_u^t ; e_v^t] W_1^t + b_1^t)               # Eq. 1
     TPE^t      = x^t_TPE W_2^t + b_2^t                                   # Eq. 2
     m^t        = [TPE^t ; C_1^t(h)]                                      # Eq. 3   M = [m^1 .. m^T]: [B, T, w]
@@ -24,11 +24,12 @@ Reading choices where the paper leaves room (docs/models.md, "PMTA"):
   ``m^t``; so ``C^t`` keeps its base-model shapes and warm-starts from a plain multi-task run (§2.4).
 * "Per-layer scaling factors" (§2.5): every Transformer layer has its own DAR network.
 * ``e_u^d, e_v^d`` are the embeddings from ``per_domain: true`` tables (user side, then item
-  side). A schema without one gives DAR a learned domain embedding instead (the run report says so).
-* ``e_u^t, e_v^t`` are the features a task lists in ``TaskSpec.related_features``: id and sequence
-  features by their embeddings (sequences mean-pooled), dense statistics as their values (the
-  first TPE layer is their learned projection). A task listing none gets ``TPE^t`` from ``p^t``
-  alone (the run report says so).
+  side). A schema without one gives DAR the embedding of the domain id instead (the run report
+  says so).
+* ``e_u^t, e_v^t`` are the features a task lists in ``TaskSpec.related_features``, read by meaning
+  (``EmbeddingCollection.features``): id and sequence features by their embeddings (sequences
+  mean-pooled), dense statistics through their learned projection. A task listing none gets
+  ``TPE^t`` from ``p^t`` alone (the run report says so).
 
 Table 2 ablations are switches: ``tpe: false`` (``m^t = C_1^t``), ``fusion: mlp`` (a 3-layer
 MLP over the concatenated tokens instead of TMPN), ``dar: false``.
@@ -57,30 +58,34 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Activation, Gate, ParallelMLP, TransformerLayer
-from ..schema import ConfigError, DatasetSpec, StrictModel
-from .backbones import BackboneConfig, BackboneKind, build_backbone
+from ..layers import MLP, TransformerLayer
+from ..schema import ConfigError, DatasetSpec
+from .backbones import BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, OptimGroup, register
+from .blocks import BlockConfig, BlockKind, build_block
+from .compose import CompositionConfig
+from .heads import build_head
 
 __all__ = ["PMTAConfig", "PMTA", "PMTATrace", "DAR", "attention_weights"]
 
 
-class PMTAConfig(StrictModel):
-    """Config of ``pmta``.
+class PMTAConfig(CompositionConfig):
+    """Config of ``pmta``: the fields of :class:`~mdmt.models.compose.CompositionConfig` (backbone
+    ``H``, head, tower widths, dropout, act, norm), a multi-task block, and PMTA's own.
 
     Attributes:
         backbone, backbone_params: the network ``H`` (``none``, ``mlp``, ``dcnv2``, ``deepfm``).
-        block: optional multi-task block between ``H`` and the classifiers (``none`` or ``mmoe``,
-            laid out like the ``mmoe`` model so that its run warm-starts PMTA).
-        num_experts, expert_hidden: of the ``mmoe`` block.
-        tower_hidden: hidden widths of each classifier ``C^t`` (a Linear -> 1 follows);
-            ``C_1^t`` is the first, of width ``h1 = tower_hidden[0]``.
-        dropout, act: of the backbone-side hidden layers (experts, classifiers).
+        block, block_params: the multi-task block between ``H`` and the classifiers (``shared``,
+            ``mmoe``, ``ple``); laid out as in ``sharedbottom`` / ``mmoe`` / ``ple``, whose runs
+            warm-start PMTA (§2.4).
+        head, head_params, tower_hidden: the classifiers ``C^t`` (a registered head; ``C_1^t`` is
+            ``head.first``, of width ``h1``, usually ``tower_hidden[0]``).
+        dropout, act, norm: of the backbone-side hidden layers (backbone, block, classifiers).
         prompt_dim: width of the learnable prompt ``p^t`` (Eq. 1).
         tpe_hidden: hidden width of the two-layer TPE network (Eq. 1-2).
         width: token width ``w`` of ``m^t`` (Eq. 3); TPE outputs ``w − h1``. §3.1.3: 256.
@@ -90,7 +95,8 @@ class PMTAConfig(StrictModel):
         attn_dropout: dropout inside the Transformer layers.
         dar_bottleneck: DAR's ``k`` (Eq. 8; ``k < n`` and ``k < m``); None = ``min(n, m) // 2``.
         domain_dim: width of the learned domain embedding DAR reads when the schema has no
-            ``per_domain`` table.
+            user- or item-side ``per_domain`` table and the domain id is no input
+            (``model.embedding.domain_input: false``); with it, DAR reads the domain id's embedding.
         tpe: Table 2 switch; False = "w/o TPE" (``m^t = C_1^t``).
         fusion: ``transformer`` (TMPN) or ``mlp`` (Table 2 "task fusion MLP": ``fusion_layers``
             layers over the concatenated tokens, each rescaled by its DAR).
@@ -104,13 +110,8 @@ class PMTAConfig(StrictModel):
     """
 
     backbone: BackboneKind = "mlp"
-    backbone_params: BackboneConfig = BackboneConfig()
-    block: Literal["none", "mmoe"] = "none"
-    num_experts: PositiveInt = 4
-    expert_hidden: list[PositiveInt] = Field(default_factory=lambda: [64], min_length=1)
-    tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32], min_length=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    act: Activation = "relu"
+    block: BlockKind = "shared"
+    block_params: BlockConfig = BlockConfig()
     prompt_dim: PositiveInt = 16
     tpe_hidden: PositiveInt = 64
     width: PositiveInt = 256
@@ -126,25 +127,6 @@ class PMTAConfig(StrictModel):
     dar: bool = True
     tpe_init_scale: float = Field(default=0.01, gt=0.0)
     head_lr: float | None = Field(default=1e-3, gt=0.0)
-
-    @model_validator(mode="after")
-    def _check(self) -> "PMTAConfig":
-        h1 = self.tower_hidden[0]
-        if self.tpe and self.width <= h1:
-            raise ValueError(
-                f"width ({self.width}) must exceed the classifiers' first layer tower_hidden[0] ({h1}): "
-                "the task token is [TPE ; C_1] and TPE gets width - tower_hidden[0]"
-            )
-        w = self.width if self.tpe else h1
-        if self.fusion == "transformer" and w % self.num_heads:
-            what = "width" if self.tpe else "tower_hidden[0] (the token width without TPE)"
-            raise ValueError(f"{what} ({w}) must be a multiple of num_heads ({self.num_heads})")
-        return self
-
-    @property
-    def token_width(self) -> int:
-        """``w``: the width of ``m^t``."""
-        return self.width if self.tpe else self.tower_hidden[0]
 
 
 class DAR(nn.Module):
@@ -213,7 +195,7 @@ class PMTATrace:
 class PMTA(MDMTModel):
     """PMTA head (TPE + TMPN + MDAN) on a backbone ``H``, see the module docstring.
 
-    Shapes: ``h`` ``[B, Hd]`` (or ``[B, T, He]`` after the MMoE block) -> ``C_1`` ``[B, T, h1]``;
+    Shapes: ``h`` ``[B, Hd]`` -> block ``[B, T, d]`` -> ``C_1`` ``[B, T, h1]``;
     TPE ``[B, T, w − h1]``; ``M`` ``[B, T, w]``; DAR ``[B, w]`` per layer; logits ``{t: [B]}``.
     """
 
@@ -223,49 +205,48 @@ class PMTA(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         T = self.num_tasks
-        h1 = cfg.tower_hidden[0]
-        w = cfg.token_width
-        self.h1, self.w = h1, w
         self._notes: list[str] = []
 
-        # ---- H and the classifiers C^t (names as in sharedbottom / mmoe, for the warm-up of §2.4)
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        d = self.backbone.out_dim
-        if cfg.block == "mmoe":
-            self.experts = ParallelMLP(d, cfg.expert_hidden, cfg.num_experts, dropout=cfg.dropout, act=cfg.act)
-            self.gates = Gate(d, cfg.num_experts, num_gates=T)
-            d = self.experts.out_dim
-        self.towers = ParallelMLP(d, cfg.tower_hidden, T, 1, cfg.dropout, cfg.act)
+        # ---- H, the block and the classifiers C^t (as in sharedbottom / mmoe / ple, for the warm-up of §2.4)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.block = build_block(cfg.block, self.backbone.out_dim, T, cfg.block_params, cfg.dropout, cfg.act, cfg.norm)
+        self.head = build_head(cfg.head, self.block.out_dim, T, cfg.towers(), cfg.head_params, embeddings)
+        h1 = self.head.first_dim
+        w = cfg.width if cfg.tpe else h1
+        self.h1, self.w = h1, w
+        where = "model 'pmta' params"
+        if cfg.tpe and cfg.width <= h1:
+            raise ConfigError(
+                f"{where}: width ({cfg.width}) must exceed the width of the classifiers' first layer C_1 ({h1}, "
+                "tower_hidden[0]): the task token is [TPE ; C_1] and TPE gets width - h1"
+            )
+        if cfg.fusion == "transformer" and w % cfg.num_heads:
+            what = "width" if cfg.tpe else "the token width without TPE (C_1's, tower_hidden[0])"
+            raise ConfigError(f"{where}: {what} ({w}) must be a multiple of num_heads ({cfg.num_heads})")
 
         # ---- inputs by meaning: related features (TPE) and domain-specific embeddings (DAR)
-        dense_names = [f.name for f in spec.dense_features()]
-        keys_of = {f.name: [k for k in embeddings.keys if k.split("@", 1)[0] == f.name] for f in spec.features}
         side = {"user": 0, "item": 1, "context": 2}
-        # per task, the parts of [e_u^t ; e_v^t]: ("key", embedding key) or ("dense", column of batch.dense)
-        self._related: list[list[tuple[str, str | int]]] = []
+        self._related: list[list[str]] = []  # per task: e_u^t's features, then e_v^t's
+        widths = []
         for task in spec.tasks:
             feats = sorted(task.related_features, key=lambda f: side[spec.feature(f).source])  # user side first
-            parts: list[tuple[str, str | int]] = []
-            for f in feats:
-                parts += [("dense", dense_names.index(f))] if f in dense_names else [("key", k) for k in keys_of[f]]
-            self._related.append(parts)
-            if cfg.tpe and not task.related_features:
+            self._related.append(feats)
+            widths.append(cfg.prompt_dim + (embeddings.use(feats) if feats and cfg.tpe else 0))
+            if cfg.tpe and not feats:
                 self._notes.append(f"PMTA: task {task.name!r} declares no related_features; its TPE sees the prompt p^t alone")
-        per_domain = [
-            (side[spec.feature(f).source], f"{f}@{t.name}") for t in spec.effective_tables() if t.per_domain for f in t.features
-        ]
-        self._domain_keys = [k for _, k in sorted(per_domain, key=lambda x: x[0])]  # e_u^d then e_v^d
+        # e_u^d then e_v^d: the user- and item-side keys of per-domain tables
+        self._domain_keys = embeddings.group_keys("user", per_domain=True) + embeddings.group_keys("item", per_domain=True)
 
         # ---- TPE (Eq. 1-2): a prompt p^t and a two-layer network per task
         if cfg.tpe:
-            self.prompts = nn.Parameter(torch.randn(T, cfg.prompt_dim) / cfg.prompt_dim**0.5)  # p^t
-            widths = [
-                cfg.prompt_dim + sum(1 if kind == "dense" else embeddings.dims[k] for kind, k in parts)  # type: ignore[index]
-                for parts in self._related
-            ]
+            # p^t starts at the scale of the embeddings (std 0.01) and b_1^t at 0, so that which TPE
+            # units are active varies from row to row with e_u^t, e_v^t (a unit set by a constant
+            # prompt or bias alone would be on, or dead, for every row)
+            self.prompts = nn.Parameter(torch.randn(T, cfg.prompt_dim) * 0.01)  # p^t
             self.tpe = nn.ModuleList([MLP(n, [cfg.tpe_hidden], out_dim=w - h1) for n in widths])
             with torch.no_grad():  # TPE starts near zero, so m^t starts as C_1^t (see the docstring)
                 for net in self.tpe:
+                    net[0].bias.zero_()
                     net[-1].weight.mul_(cfg.tpe_init_scale)
                     net[-1].bias.mul_(cfg.tpe_init_scale)
 
@@ -282,13 +263,20 @@ class PMTA(MDMTModel):
 
         # ---- MDAN (Eq. 8-9): one DAR per layer
         if cfg.dar:
+            if not self._domain_keys and embeddings.domain_key is not None:
+                self._domain_keys = [embeddings.domain_key]  # the domain id's own embedding
+                self._notes.append(
+                    "PMTA: the schema declares no user- or item-side per_domain table (e^d); DAR reads the "
+                    "embedding of the domain id (model.embedding.domain_input)"
+                )
             if self._domain_keys:
                 n = sum(embeddings.dims[k] for k in self._domain_keys)
             else:
                 self.domain_embedding = nn.Embedding(self.num_domains, cfg.domain_dim)
                 n = cfg.domain_dim
                 self._notes.append(
-                    "PMTA: the schema declares no per_domain table (e^d); DAR reads a learned domain embedding"
+                    "PMTA: the schema declares no user- or item-side per_domain table (e^d) and the domain id is "
+                    "no input; DAR reads a learned domain embedding of its own"
                 )
             k = cfg.dar_bottleneck or min(n, w) // 2
             if not (k < n and k < w) or k < 1:
@@ -302,7 +290,7 @@ class PMTA(MDMTModel):
     def pmta_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """PMTA's own parameters (prompts, TPE, TMPN or fusion MLP, DAR), i.e. everything but the
         embeddings, ``H``, the multi-task block and the classifiers ``C^t``."""
-        base = ("embeddings.", "backbone.", "experts.", "gates.", "towers.")
+        base = ("embeddings.", "backbone.", "block.", "head.")
         return [(n, p) for n, p in self.named_parameters() if not n.startswith(base)]
 
     def optim_groups(self) -> list[OptimGroup]:
@@ -315,32 +303,14 @@ class PMTA(MDMTModel):
     def report_notes(self) -> list[str]:
         return list(self._notes)
 
-    def _c1(self, h: Tensor) -> Tensor:
-        """``C_1^t(h)``: the first layer of every classifier, ``[B, Hd]`` or ``[B, T, Hd]`` -> ``[B, T, h1]``."""
-        w, b = self.towers.weights[0], self.towers.biases[0]
-        if h.dim() == 2:
-            z = torch.einsum("bi,tio->bto", h, w) + b
-        else:
-            z = torch.einsum("bti,tio->bto", h, w) + b
-        return self.towers.dropout(self.towers.acts[0](z))
-
-    def _c_rest(self, c1: Tensor) -> Tensor:
-        """``C^t`` after its first layer: ``[B, T, h1]`` -> logits ``[B, T]``."""
-        x = c1
-        for i in range(1, len(self.towers.weights)):
-            x = torch.einsum("bti,tio->bto", x, self.towers.weights[i]) + self.towers.biases[i]
-            if i < self.towers.num_hidden:
-                x = self.towers.dropout(self.towers.acts[i](x))
-        return x[..., 0]
-
     def _tpe(self, batch: Batch, pooled: dict[str, Tensor]) -> Tensor:
         """Eq. 1-2 for every task: ``[B, T, w − h1]``."""
         B = batch.domain.shape[0]
         out = []
-        for t, related in enumerate(self._related):
+        for t, feats in enumerate(self._related):
             parts = [self.prompts[t].expand(B, -1)]  # p^t
-            for kind, k in related:  # e_u^t, then e_v^t
-                parts.append(batch.dense[:, k : k + 1] if kind == "dense" else pooled[k])  # type: ignore[misc,index]
+            if feats:
+                parts.append(self.embeddings.features(batch, feats, pooled))  # [e_u^t ; e_v^t]
             out.append(self.tpe[t](torch.cat(parts, dim=-1)))  # Eq. 1-2: ReLU([p^t ; e_u^t ; e_v^t] W_1 + b_1) W_2 + b_2
         return torch.stack(out, dim=1)
 
@@ -352,11 +322,11 @@ class PMTA(MDMTModel):
 
     def _run(self, batch: Batch, trace: bool) -> tuple[Tensor, PMTATrace | None]:
         cfg = self.cfg
-        pooled = self.embeddings.pooled(batch)
-        h = self.backbone.embed(batch, self.embeddings)  # H(e_u^g, e_u^d, e_v^g, e_v^d, e_o): [B, Hd]
-        if cfg.block == "mmoe":
-            h = self.gates(h, self.experts(h))  # per-task mixtures of experts: [B, T, He]
-        c1 = self._c1(h)  # C_1^t(H(...)): [B, T, h1]
+        pooled = self.embeddings.pooled(batch)  # one lookup for every view
+        h = self.backbone.embed(batch, self.embeddings, pooled)  # H(e_u^g, e_u^d, e_v^g, e_v^d, e_o): [B, Hd]
+        z = self.block(h, batch.domain)  # one representation per task: [B, T, d]
+        gate = self.head.gate_input(self.embeddings, batch, pooled)
+        c1 = self.head.first(z, gate)  # C_1^t(H(...)): [B, T, h1]
         tpe = self._tpe(batch, pooled) if cfg.tpe else None  # H_TPE^t: [B, T, w - h1]
         m = c1 if tpe is None else torch.cat([tpe, c1], dim=-1)  # Eq. 3: m^t = [TPE^t ; C_1^t]: [B, T, w]
         scales = [d(self._dar_input(batch, pooled)).unsqueeze(1) for d in self.dar] if cfg.dar else []  # Eq. 8: [B, 1, w]
@@ -381,14 +351,14 @@ class PMTA(MDMTModel):
                 if scales:
                     x = x * scales[i]  # DAR rescales every fusion layer as it does every CTT layer
                 outputs.append(x)
-        z = self._c_rest(x[..., -self.h1 :])  # rest of C^t on the C_1 slot of the final token: [B, T]
+        z = self.head.rest(x[..., -self.h1 :], gate)  # rest of C^t on the C_1 slot of the final token: [B, T]
         if not trace:
             return z, None
         return z, PMTATrace(c1, tpe, m, inputs, outputs, attn, [s.squeeze(1) for s in scales], z)
 
     def forward(self, batch: Batch) -> ModelOutput:
         z, _ = self._run(batch, trace=False)
-        return ModelOutput({name: z[:, t] for t, name in enumerate(self.task_names)})
+        return self.output(z)
 
     @torch.no_grad()
     def trace(self, batch: Batch) -> PMTATrace:
