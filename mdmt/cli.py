@@ -169,6 +169,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
           max_bytes=args.max_bytes, threads=args.threads)
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analyze import analyze_run
+
+    res = analyze_run(args.run_dir, out=args.out, split=args.split, data_dir=args.data_dir,
+                      max_rows=args.max_rows or None)
+    for tag, a in res.analyses.items():
+        print(f"{tag}: {sum(a.rows.values()):,} {args.split} rows; prompt norms "
+              + ", ".join(f"{t} {n:.3f}" for t, n in a.prompt_norms.items()))
+    print(f"wrote {res.json} and {len(res.pngs)} plots: " + ", ".join(p.name for p in res.pngs))
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     from .data import load_prepared
 
@@ -238,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
               mdmt demo
               mdmt train configs/ml100k_mmoe.yaml --set train.seed=1
               mdmt bench configs/bench/ml100k_m3oe.yaml
+              mdmt analyze runs/my-pmta-run
               mdmt models
               mdmt export runs/my-run --out exports/my-run
               mdmt serve exports/my-run --port 8000

@@ -33,11 +33,14 @@ class DataConfig(StrictModel):
 
     Sources: ``synthetic`` (params: preset, rows, seed...), ``movielens`` (variant, protocol, path),
     ``kuairand`` (path), ``table`` (path of a CSV/Parquet file and ``schema`` YAML).
+    ``domain_specific`` names id features that get a ``per_domain`` embedding table beside their
+    shared one (:meth:`~mdmt.schema.DatasetSpec.with_domain_tables`): PMTA's e^d as configuration.
     """
 
     source: Literal["synthetic", "movielens", "kuairand", "table"] = "synthetic"
     params: dict[str, Any] = Field(default_factory=dict)
     cache_dir: str | None = None
+    domain_specific: list[str] = Field(default_factory=list)  # id features that also get a per-domain table (e^d)
 
 
 class ModelConfig(StrictModel):

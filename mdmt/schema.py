@@ -266,6 +266,31 @@ class DatasetSpec(StrictModel):
             tables.append(TableSpec(name=vocab, dim=self.default_dim, features=feats))
         return tables
 
+    def with_domain_tables(self, features: list[str]) -> "DatasetSpec":
+        """A copy where each named id feature also has a ``per_domain`` table ``<feature>_domain``
+        (the domain-specific embedding e^d of PMTA §2.1) beside its shared table (e^g), of the
+        shared table's dim. Default tables become declared ones, so the shared rows stay as they are.
+
+        Raises:
+            ValueError: an unknown or non-id feature, or a table name already taken.
+        """
+        tables = self.effective_tables()
+        names = {t.name for t in tables}
+        for f in features:
+            if f not in {x.name for x in self.features}:
+                raise ValueError(f"unknown feature {f!r}")
+            if not self.feature(f).is_categorical:
+                raise ValueError(f"feature {f!r} is dense and has no ids to embed per domain")
+            if any(t.per_domain and f in t.features for t in tables):
+                continue
+            name = f"{f}_domain"
+            if name in names:
+                raise ValueError(f"table name {name!r} (the per-domain table of {f!r}) is already taken")
+            dim = next(t.dim for t in tables if f in t.features)
+            tables.append(TableSpec(name=name, dim=dim, features=[f], per_domain=True))
+            names.add(name)
+        return DatasetSpec.model_validate({**self.model_dump(), "tables": [t.model_dump() for t in tables]})
+
     def restrict(self, *, tasks: list[str] | None = None) -> "DatasetSpec":
         """A copy keeping only the named tasks (used by the one-model-per-task regimes)."""
         if tasks is None:

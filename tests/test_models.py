@@ -34,6 +34,7 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("mmoe", False): -0.22004173696041107,
     ("ple", False): -2.5541625022888184,
     ("ple-md", False): 3.3083839416503906,
+    ("pmta", False): -9.990521430969238,
     ("sharedbottom", False): 0.8161070346832275,
     ("sharedtop", False): 0.17571541666984558,
     ("specificall", False): 3.020747184753418,
@@ -50,6 +51,7 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("mmoe", True): 3.540945291519165,
     ("ple", True): 0.8063865900039673,
     ("ple-md", True): -0.3675712049007416,
+    ("pmta", True): 21.07138442993164,
     ("sharedbottom", True): 1.4446914196014404,
     ("sharedtop", True): 0.46690207719802856,
     ("specificall", True): -0.3061802089214325,
@@ -221,7 +223,8 @@ def test_model_trains(name):
     spec, fm, batch = _setup(True)
     model = _build(name, spec, fm)
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    # each optimizer group at its own learning rate (default 1e-2), as the trainer steps them
+    opt = torch.optim.Adam([{"params": g.params, "lr": g.lr or 1e-2} for g in model.optim_groups()])
     first = None
     for _ in range(30):
         opt.zero_grad()

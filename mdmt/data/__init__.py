@@ -90,10 +90,17 @@ def load_raw(data_cfg: DataConfig, data_dir: str | None = None) -> RawData:
         raise
     cfg = parse_config(dict(data_cfg.params), _config_class(module, cfg_name), "data.params")
     if data_cfg.source == "synthetic":
-        return module.generate(cfg)
-    if data_dir is None:
-        data_dir = os.environ.get("MDMT_DATA_DIR") or None
-    return module.load(cfg, data_dir)
+        raw = module.generate(cfg)
+    else:
+        if data_dir is None:
+            data_dir = os.environ.get("MDMT_DATA_DIR") or None
+        raw = module.load(cfg, data_dir)
+    if data_cfg.domain_specific:
+        try:
+            raw.spec = raw.spec.with_domain_tables(data_cfg.domain_specific)
+        except ValueError as err:
+            raise ConfigError(f"data.domain_specific: {err} (data set {raw.spec.name!r})") from None
+    return raw
 
 
 def load_prepared(data_cfg: DataConfig, data_dir: str | None = None, progress: bool = True) -> PreparedData:

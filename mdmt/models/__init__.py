@@ -23,6 +23,7 @@ from . import (  # noqa: F401
     pepnet,
     ple,
     ple_md,
+    pmta,
     sharedbottom,
     sharedtop,
     specificall,

@@ -88,6 +88,10 @@ class MDMTModel(nn.Module):
         """Default: every parameter in one group with the trainer's optimizer, lr and weight decay."""
         return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
 
+    def report_notes(self) -> list[str]:
+        """Facts about how this model was built from the schema that the run report should state."""
+        return []
+
     def stop_gradient_params(self) -> list[str]:
         """Names of parameters the task loss must leave without gradient (paper's stop-gradient)."""
         return []

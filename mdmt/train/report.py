@@ -97,6 +97,7 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         "selection_notes": notes,
         "train_seconds": result.train_seconds,
         "train_samples_per_sec": result.samples_per_sec,
+        "model_notes": result.notes,
         "valid": result.valid.to_dict(),
         "test": result.test.to_dict(),
     }
@@ -123,6 +124,7 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         f"- best epoch: {_epoch_text(result.best_epoch)}; training time {result.train_seconds:.1f} s; "
         f"{result.samples_per_sec:,.0f} training samples/s",
         *[f"- **warning**: {n}" for n in notes],
+        *[f"- note: {n}" for n in result.notes],
         "",
         "## Test (best validation epoch's weights)",
         "",
@@ -158,4 +160,6 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         )
         for n in notes:
             console.print(f"[bold yellow]warning:[/] {n}")
+        for n in result.notes:
+            console.print(f"note: {n}")
         console.print(f"run directory: {run_dir}")

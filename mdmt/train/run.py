@@ -115,6 +115,7 @@ class RunResult:
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, FitResult] = field(default_factory=dict)  # per unit tag
     test_data: Batch | None = None
+    notes: list[str] = field(default_factory=list)  # the models' report_notes(), once each
 
 
 def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[str]):
@@ -403,6 +404,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
     seconds, samples = 0.0, 0
     fits: dict[str, FitResult] = {}
     warm_summaries: list[dict] = []
+    notes: list[str] = []
     device = resolve_device(cfg.train.device)
     progress = RunProgress(enabled=not quiet and cfg.train.progress, units=len(units), epochs=cfg.train.epochs)
     with progress:
@@ -426,6 +428,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
                 warm_summaries.append(summary.__dict__)
                 (run_dir / "warm_start.json").write_text(json.dumps(
                     {"source": str(warm.run_dir), "models": warm_summaries}, indent=1))
+            notes += [n for n in model.report_notes() if n not in notes]
             trainer = Trainer(model, cfg.train, _score_fn(cfg.train.monitor, va, spec, task_names),
                               run_dir=run_dir, tag=unit.tag, task_weights=[t.weight for t in unit_spec.tasks],
                               groups=groups)
@@ -461,7 +464,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
         train_seconds=seconds, samples_per_sec=samples / seconds if seconds > 0 else float("nan"),
         best_epoch=best_epochs["all"] if len(best_epochs) == 1 and "all" in best_epochs else best_epochs,
         predictions={"valid": valid_probs, "test": test_probs},
-        fits=fits, test_data=test,
+        fits=fits, test_data=test, notes=notes,
     )
     from .report import write_run_report
 

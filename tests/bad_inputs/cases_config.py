@@ -135,3 +135,10 @@ def missing_column(ws: Workspace) -> list[str]:
     ws.project()
     ws.table().drop("price").write_csv(ws.path("rows.csv"))
     return ["data", "prepare", "exp.yaml"]
+
+
+@bad_input("config", "A domain-specific embedding for a feature the data set does not have",
+           expect="data.domain_specific: unknown feature 'user'")
+def domain_specific_unknown_feature(ws: Workspace) -> list[str]:
+    ws.project()
+    return ["train", "exp.yaml", "--set", "data.domain_specific=[user]"]
