@@ -328,6 +328,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the engine")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("analyze", help="what a trained PMTA run learned: attention maps, DAR scales, prompt norms",
+                       formatter_class=fmt,
+                       epilog="example:\n  mdmt analyze runs/my-pmta-run --split test --out analysis/")
+    p.add_argument("run_dir", help="a run directory written by mdmt train with model pmta")
+    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--max-rows", type=int, default=50_000, help="rows analysed at most, a seeded random subset (0 = all)")
+    _add_common(p, config=False)
+    p.set_defaults(func=cmd_analyze)
+
+
     pd = sub.add_parser("data", help="prepare data or print its statistics")
     dsub = pd.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     p = dsub.add_parser("prepare", help="split, fit the feature map on train, encode and cache as Parquet",
