@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     dcnv2,
     dcnv2_mt,
     deepfm,
+    m3oe,
     mlp,
     mmoe,
     ple,

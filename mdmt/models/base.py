@@ -88,6 +88,13 @@ class MDMTModel(nn.Module):
         """Default: every parameter in one group with the trainer's optimizer, lr and weight decay."""
         return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
 
+    def report_values(self) -> dict[str, float]:
+        """Named scalars worth recording with a run's metrics (e.g. M3oE's learned α, β).
+
+        The trainer logs them every epoch and the run writes them into ``metrics.json`` and
+        ``report.md``; default: none."""
+        return {}
+
     def stop_gradient_params(self) -> list[str]:
         """Names of parameters the task loss must leave without gradient (paper's stop-gradient)."""
         return []
