@@ -115,6 +115,7 @@ class RunResult:
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, FitResult] = field(default_factory=dict)  # per unit tag
     test_data: Batch | None = None
+    model_values: dict[str, dict[str, float]] = field(default_factory=dict)  # unit tag -> report_values()
 
 
 def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[str]):
@@ -403,6 +404,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
     seconds, samples = 0.0, 0
     fits: dict[str, FitResult] = {}
     warm_summaries: list[dict] = []
+    model_values: dict[str, dict[str, float]] = {}
     device = resolve_device(cfg.train.device)
     progress = RunProgress(enabled=not quiet and cfg.train.progress, units=len(units), epochs=cfg.train.epochs)
     with progress:
@@ -442,6 +444,9 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
             seconds += fit.train_seconds
             samples += fit.samples_seen
             fits[unit.tag] = fit
+            values = model.report_values()  # the restored best epoch's values (e.g. M3oE's α, β)
+            if values:
+                model_values[unit.tag] = values
             cols = list(range(spec.num_tasks)) if unit.tasks is None else unit.tasks
             te_rows = _rows(test, unit.domains)
             vp = predict(model, va, cfg.train.eval_batch_size, device)
@@ -462,6 +467,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
         best_epoch=best_epochs["all"] if len(best_epochs) == 1 and "all" in best_epochs else best_epochs,
         predictions={"valid": valid_probs, "test": test_probs},
         fits=fits, test_data=test,
+        model_values=model_values,
     )
     from .report import write_run_report
 
