@@ -675,3 +675,19 @@ class DomainSegments:
         if bias is not None:
             y = y + bias.index_select(0, self.domain)
         return y
+
+
+def _register_segment_flops() -> None:
+    """Teach ``torch.utils.flop_counter`` the segment GEMMs' cost (``2·N·in·out`` each)."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.mdmt.segment_mm)
+    def _fwd(x_shape, w_shape, offsets_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        return 2 * x_shape[0] * x_shape[1] * w_shape[-1]
+
+    @register_flop_formula(torch.ops.mdmt.segment_mm_weight_grad)
+    def _wgrad(x_shape, g_shape, offsets_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        return 2 * x_shape[0] * x_shape[1] * g_shape[1]
+
+
+_register_segment_flops()
