@@ -80,8 +80,11 @@ def _reference(model: M3oE, batch: Batch) -> torch.Tensor:
         tsk = [_expert(model, k0 + j, h) for j in range(T)] if cfg.task_module else []
         for t in range(T):
             # Eq. 4: the gate of objective (d, t) over the N shared experts
-            gw = model.gate_weight[d][:, t * N : (t + 1) * N]
-            g = torch.softmax(h @ gw + model.gate_bias[d][t * N : (t + 1) * N], dim=0)
+            if N > 1:
+                gw = model.gate_weight[d][:, t * N : (t + 1) * N]
+                g = torch.softmax(h @ gw + model.gate_bias[d][t * N : (t + 1) * N], dim=0)
+            else:
+                g = torch.ones(1)
             s = sum(g[n] * shared[n] for n in range(N))
             mods = [s]
             if cfg.fusion == "gated":
@@ -193,6 +196,7 @@ def test_no_flops_on_other_domains_parameters():
         + (N + D + T) * (H * cfg.expert_hidden[0] + cfg.expert_hidden[0] * E)  # Eq. 3, every expert
         + H * T * N  # Eq. 4, own domain's T gates
         + T * N * E  # gate-weighted sum of the shared experts
+        + 0
         + T * E * cfg.tower_hidden  # Eq. 8 first layer, own domain's T towers
     )
     assert counter.get_total_flops() == expect

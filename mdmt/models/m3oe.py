@@ -30,8 +30,9 @@ Table 3 ablations (config switches): ``automl: false`` (α, β fixed at ``fixed_
 (softmax gates instead of α and β: over the domain experts, over the task experts and over the
 modules), ``domain_module: false``, ``task_module: false`` (both: neither).
 
-Defaults: widths of the released code (f_DR 512, h 256, experts 256 -> 64, 4 shared experts,
-towers 64, α/β logits initialised at 1, architecture learning rate 1e-3).
+Defaults: the paper's MovieLens setup (§3.3: one-layer experts, one shared expert, two-layer
+towers) with the released code's widths (f_DR 512, h 256, experts 64, towers 64, α/β logits
+initialised at 1, architecture learning rate 1e-3).
 
 Example::
 
@@ -83,8 +84,8 @@ class M3oEConfig(StrictModel):
     dr_dim: PositiveInt = 512
     hidden_dim: PositiveInt = 256
     da_hidden: list[PositiveInt] = Field(default_factory=list)
-    num_shared_experts: PositiveInt = 4
-    expert_hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 64], min_length=1)
+    num_shared_experts: PositiveInt = 1
+    expert_hidden: list[PositiveInt] = Field(default_factory=lambda: [64], min_length=1)
     tower_hidden: PositiveInt = 64
     fusion: Literal["weighted", "concat", "gated"] = "weighted"
     domain_module: bool = True
@@ -158,10 +159,12 @@ class M3oE(MDMTModel):
         K = N + self.num_domain_experts + self.num_task_experts
         self.experts = _LayerNormExperts(H, cfg.expert_hidden, K)
         E = self.experts.out_dim
-        # Eq. 4: D×T softmax gates over the shared experts, as [D, H, T·N] (row's domain only)
-        self.gate_weight = nn.Parameter(torch.empty(D, H, T * N))
-        self.gate_bias = nn.Parameter(torch.empty(D, T * N))
-        _linear_init_(self.gate_weight, self.gate_bias, H)
+        # Eq. 4: D×T softmax gates over the shared experts, as [D, H, T·N] (row's domain only);
+        # with one shared expert every gate is the constant 1 and has nothing to learn
+        if N > 1:
+            self.gate_weight = nn.Parameter(torch.empty(D, H, T * N))
+            self.gate_bias = nn.Parameter(torch.empty(D, T * N))
+            _linear_init_(self.gate_weight, self.gate_bias, H)
         modules = 1 + int(self.use_domain) + int(self.use_task)
         if cfg.fusion == "gated":  # Table 3 "fully gated": input-dependent softmax gates replace α, β
             if self.use_domain:  # per domain d: a gate over the D domain experts
@@ -202,7 +205,7 @@ class M3oE(MDMTModel):
         """``w = sigmoid(e_w)`` (Eq. 10), or the fixed weight without AutoML: a ``[1]`` tensor."""
         param = getattr(self, f"arch_{name}", None)
         if param is None:
-            return torch.full((1,), self.cfg.fixed_weight, device=self.gate_bias.device)
+            return torch.full((1,), self.cfg.fixed_weight, device=self.w_c.bias.device)
         return torch.sigmoid(param)
 
     def arch_parameters(self) -> list[nn.Parameter]:
