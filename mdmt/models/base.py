@@ -88,6 +88,13 @@ class MDMTModel(nn.Module):
         """Default: every parameter in one group with the trainer's optimizer, lr and weight decay."""
         return [OptimGroup("main", [p for p in self.parameters() if p.requires_grad])]
 
+    @classmethod
+    def has_arch_weights(cls, cfg: StrictModel) -> bool:
+        """Whether a model built from ``cfg`` returns a ``step_on="valid"`` group (architecture
+        weights stepped on held-out training rows). Lets a run check its settings before loading
+        data; default False."""
+        return False
+
     def report_values(self) -> dict[str, float]:
         """Named scalars worth recording with a run's metrics (e.g. M3oE's learned α, β).
 

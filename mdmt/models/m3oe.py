@@ -192,6 +192,10 @@ class M3oE(MDMTModel):
         _linear_init_(self.tower_w2, self.tower_b2, cfg.tower_hidden)
 
     # ---- the architecture weights (Eq. 10) ---------------------------------------------------
+    @classmethod
+    def has_arch_weights(cls, cfg: M3oEConfig) -> bool:  # type: ignore[override]
+        return cfg.automl and cfg.fusion != "gated" and (cfg.domain_module or cfg.task_module)
+
     def _used_weights(self) -> list[str]:
         """The fusion weights this configuration uses (a removed module takes its α, β along)."""
         used = []

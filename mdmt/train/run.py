@@ -130,6 +130,22 @@ def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[st
     return score
 
 
+def _check_arch_settings(cfg: ExperimentConfig) -> None:
+    """A model with architecture weights needs held-out training rows in memory: say so before any work."""
+    from ..models import REGISTRY, model_config
+
+    if cfg.model.name not in REGISTRY:
+        return  # build_model names the unknown model
+    if not REGISTRY[cfg.model.name].cls.has_arch_weights(model_config(cfg.model.name, cfg.model.params)):
+        return
+    if cfg.train.arch_holdout <= 0:
+        raise ConfigError(f"train.arch_holdout must be > 0 for model {cfg.model.name!r}: its architecture weights are "
+                          "stepped on held-out training rows, e.g. arch_holdout: 0.1")
+    if cfg.train.streaming:
+        raise ConfigError(f"train.streaming: model {cfg.model.name!r} steps its architecture weights on held-out "
+                          "training rows, which needs the training split in memory; set train.streaming: false")
+
+
 def _default_run_dir(cfg: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.output_dir) / f"{cfg.name}-{cfg.model.name}-{cfg.train.regime}-s{cfg.train.seed}-{stamp}"
@@ -318,6 +334,7 @@ def run_experiment(
     run_dir = Path(run_dir) if run_dir is not None else None
     check_experiment(cfg, run_dir, resume=resume, overwrite=overwrite)
     torch.set_num_threads(cfg.train.num_threads or available_cpus())
+    _check_arch_settings(cfg)
     if prepared is None:
         prepared = load_prepared(cfg.data, data_dir=data_dir, progress=not quiet)
     fm: FeatureMap = prepared.feature_map
