@@ -197,7 +197,7 @@ def test_no_flops_on_other_domains_parameters():
         + H * T * N  # Eq. 4, own domain's T gates
         + T * N * E  # gate-weighted sum of the shared experts
         + 0
-        + T * E * cfg.tower_hidden  # Eq. 8 first layer, own domain's T towers
+        + T * E * cfg.tower_hidden + T * cfg.tower_hidden  # Eq. 8, own domain's T towers
     )
     assert counter.get_total_flops() == expect
 

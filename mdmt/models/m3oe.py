@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import DomainSegments, StarLinear, _linear_init_, segment_mm
+from ..layers import DomainSegments, StarLinear, _linear_init_, segment_linear
 from ..schema import DatasetSpec, StrictModel
 from .base import MDMTModel, ModelOutput, OptimGroup, register
 
@@ -123,7 +123,7 @@ class _LayerNormExperts(nn.Module):
                 x = torch.addmm(b.reshape(-1), x, w.permute(1, 0, 2).reshape(din, K * dout)).view(-1, K, dout)
             else:  # one input per expert: a batched GEMM over the experts
                 x = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w).transpose(0, 1)
-            x = torch.relu(F.layer_norm(x, (dout,)) * self.ln_weight[i] + self.ln_bias[i])  # Eq. 3
+            x = torch.relu_(torch.addcmul(self.ln_bias[i], F.layer_norm(x, (dout,)), self.ln_weight[i]))  # Eq. 3
         return x
 
 
@@ -289,10 +289,9 @@ class M3oE(MDMTModel):
         # Eq. 8: tower (d, t) on h̄_{d,t}; rows of task t stacked after task t-1, segments t·D + d
         z = h_bar.transpose(0, 1).reshape(T * B, -1)  # [T·B, in]
         offsets = seg.repeat_offsets(T)
-        b1 = self.tower_b1.view(T, D, -1).index_select(1, dom).reshape(T * B, -1)
-        a = torch.relu(segment_mm(z, self.tower_w1, offsets) + b1).view(T, B, -1)  # [T, B, Ht]
-        w2 = self.tower_w2.index_select(1, dom)  # row's own domain: [T, B, Ht]
-        logits = (a * w2).sum(-1) + self.tower_b2.index_select(1, dom)  # [T, B]
+        a = torch.relu_(segment_linear(z, self.tower_w1, self.tower_b1, offsets))  # [T·B, Ht]
+        w2 = self.tower_w2.view(T * D, -1, 1)
+        logits = segment_linear(a, w2, self.tower_b2.view(T * D, 1), offsets).view(T, B)  # [T, B]
         logits = seg.unsort(logits.t())  # back to the batch's row order: [B, T]
         return ModelOutput({name: logits[:, t] for t, name in enumerate(self.task_names)})
 
