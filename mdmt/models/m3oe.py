@@ -230,11 +230,34 @@ class M3oE(MDMTModel):
         with torch.no_grad():
             return {n: float(self.fusion_weight(n)) for n in self._used_weights()}
 
+    # ---- fusion (Eq. 5-6) ---------------------------------------------------------------------
+    def _domain_module(self, dom_exp: Tensor, dom: Tensor) -> Tensor:
+        """Eq. 5 for every row: ``β_d f^d + (1 − β_d)/(D − 1) Σ_{d'≠d} f^{d'}`` -> ``[B, E]``.
+
+        One weighted sum over the domain experts with per-row coefficients ``[B, D]``:
+        ``β_d`` on the row's own domain, ``(1 − β_d)/(D − 1)`` on every other."""
+        D = self.num_domains
+        if D == 1:
+            return dom_exp[:, 0]
+        beta = self.fusion_weight("beta_d")
+        c = (1 - beta) / (D - 1)
+        coef = c + (beta - c) * F.one_hot(dom, D).to(dom_exp.dtype)  # [B, D]
+        return (dom_exp * coef.unsqueeze(-1)).sum(1)
+
+    def _task_coefficients(self) -> tuple[Tensor, Tensor]:
+        """Eq. 6 as ``c Σ_all f + k f^t``: ``c = (1 − β_t)/(T − 1)`` and ``k = β_t − c``."""
+        T = self.num_tasks
+        beta = self.fusion_weight("beta_t")
+        if T == 1:
+            return torch.zeros_like(beta), torch.ones_like(beta)
+        c = (1 - beta) / (T - 1)
+        return c, beta - c
+
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
         cfg, D, T, N = self.cfg, self.num_domains, self.num_tasks, self.cfg.num_shared_experts
-        seg = DomainSegments(batch.domain, D)  # rows sorted by domain, once
-        x = seg.sort(self.embeddings.flat_input(batch))  # x_d: [B, in]
+        seg = DomainSegments(batch.domain, D)  # rows sorted by domain, once (ids, before the lookup)
+        x = self.embeddings.flat_input(batch.index(seg.order))  # x_d: [B, in]
         B = x.shape[0]
         dom = seg.domain  # [B]
         # Eq. 1: f_DR(x_d) = (W_d ⊙ W_sh) x_d + b_d + b_sh, each row with its own domain's W_d
@@ -244,9 +267,8 @@ class M3oE(MDMTModel):
         h = self.w_c(f_dr) + self.f_da(x)  # [B, H]
         # Eq. 3: every expert on h_d (shared, then domain, then task experts)
         experts = self.experts(h)  # [B, K, E]
-        shared = experts[:, :N]  # [B, N, E]
-        dom_exp = experts[:, N : N + self.num_domain_experts]  # [B, D, E]
-        task_exp = experts[:, N + self.num_domain_experts :]  # [B, T, E]
+        # one split (its backward is one concatenation, not a zero-filled tensor per slice)
+        shared, dom_exp, task_exp = experts.split([N, self.num_domain_experts, self.num_task_experts], dim=1)
         # Eq. 4: S(h_d) = softmax(f_gate^{d,t}(h_d)) f_E(h_d), the D×T gates by segment GEMM
         if N > 1:
             g = torch.softmax(seg.linear(h, self.gate_weight, self.gate_bias).view(B, T, N), dim=-1)
@@ -264,28 +286,34 @@ class M3oE(MDMTModel):
                 tg = torch.softmax(self.task_gate(h).view(B, T, T), dim=-1)
                 parts.append(torch.bmm(tg, task_exp))  # [B, T, E]
             h_bar = (torch.stack(parts, dim=-1) * mod_g.unsqueeze(2)).sum(-1)  # [B, T, E]
-        else:
+        elif cfg.fusion == "concat":  # Table 3 "concat modules": [S; α_d D; α_t T]
             if self.use_domain:
-                # Eq. 5: β_d f^d + (1 − β_d)/(D − 1) Σ_{d'≠d} f^{d'} = c Σ_all f + (β_d − c) f^d
-                beta_d = self.fusion_weight("beta_d")
-                own = dom_exp.gather(1, dom.view(B, 1, 1).expand(B, 1, dom_exp.shape[-1])).squeeze(1)  # f^d
-                if D > 1:
-                    c = (1 - beta_d) / (D - 1)
-                    d_mod = c * dom_exp.sum(1) + (beta_d - c) * own  # [B, E]
-                else:
-                    d_mod = own
-                parts.append(self.fusion_weight("alpha_d") * d_mod.unsqueeze(1).expand(B, T, -1))
+                parts.append(self.fusion_weight("alpha_d") * self._domain_module(dom_exp, dom).unsqueeze(1).expand(B, T, -1))
             if self.use_task:
-                # Eq. 6: β_t f^t + (1 − β_t)/(T − 1) Σ_{t'≠t} f^{t'}, for every task t at once
-                beta_t = self.fusion_weight("beta_t")
+                c, k = self._task_coefficients()
+                parts.append(self.fusion_weight("alpha_t") * (c * task_exp.sum(1, keepdim=True) + k * task_exp))
+            h_bar = torch.cat(parts, dim=-1)
+        else:
+            # Eq. 7: h̄_{d,t} = S + α_d D + α_t T, built task-major ([T, B, E]) for the towers
+            base = s[:, 0] if N == 1 else None  # S, the same for every task with one shared expert
+            if self.use_domain:  # Eq. 5
+                d_term = self.fusion_weight("alpha_d") * self._domain_module(dom_exp, dom)  # α_d D: [B, E]
+                base = d_term if base is None else base + d_term
+            if self.use_task:  # Eq. 6: β_t f^t + (1 − β_t)/(T − 1) Σ_{t'≠t} f^{t'} = c Σ_all f + (β_t − c) f^t
+                c, k = self._task_coefficients()
+                alpha_t = self.fusion_weight("alpha_t")
                 if T > 1:
-                    c = (1 - beta_t) / (T - 1)
-                    t_mod = c * task_exp.sum(1, keepdim=True) + (beta_t - c) * task_exp  # [B, T, E]
-                else:
-                    t_mod = task_exp
-                parts.append(self.fusion_weight("alpha_t") * t_mod)
-            # Eq. 7: h̄ = S + α_d D + α_t T (or, ablated, the concatenation)
-            h_bar = torch.cat(parts, dim=-1) if cfg.fusion == "concat" else sum(parts[1:], parts[0])
+                    t_all = (alpha_t * c) * task_exp.sum(1)  # [B, E]
+                    base = t_all if base is None else base + t_all
+                t_own = (alpha_t * k) * task_exp.transpose(0, 1)  # [T, B, E]
+                h_bar = t_own if base is None else t_own + base
+            else:
+                h_bar = base.unsqueeze(0).expand(T, B, -1) if base is not None else None
+            if N > 1:
+                h_bar = s.transpose(0, 1) if h_bar is None else h_bar + s.transpose(0, 1)
+            elif h_bar is None:
+                h_bar = s.transpose(0, 1)
+            h_bar = h_bar.transpose(0, 1)  # [B, T, E] view
         # Eq. 8: tower (d, t) on h̄_{d,t}; rows of task t stacked after task t-1, segments t·D + d
         z = h_bar.transpose(0, 1).reshape(T * B, -1)  # [T·B, in]
         offsets = seg.repeat_offsets(T)
