@@ -131,12 +131,12 @@ def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[st
 
 
 def _check_arch_settings(cfg: ExperimentConfig) -> None:
-    """A model with architecture weights needs held-out training rows in memory: say so before any work."""
+    """Check the model settings before any work: an unknown model or bad params, and a model with
+    architecture weights, which needs held-out training rows in memory."""
     from ..models import REGISTRY, model_config
 
-    if cfg.model.name not in REGISTRY:
-        return  # build_model names the unknown model
-    if not REGISTRY[cfg.model.name].cls.has_arch_weights(model_config(cfg.model.name, cfg.model.params)):
+    params = model_config(cfg.model.name, cfg.model.params)  # ConfigError: unknown model, bad params
+    if not REGISTRY[cfg.model.name].cls.has_arch_weights(params):
         return
     if cfg.train.arch_holdout <= 0:
         raise ConfigError(f"train.arch_holdout must be > 0 for model {cfg.model.name!r}: its architecture weights are "
