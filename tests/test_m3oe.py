@@ -140,6 +140,15 @@ def test_three_tasks_fusion():
         assert torch.allclose(_stack(model, model(batch)), _reference(model, batch), atol=1e-5)
 
 
+def test_one_task_or_one_domain_has_no_beta_to_learn():
+    spec, fm = make_tiny(num_tasks=1, num_domains=3)
+    model = build_model("m3oe", spec, fm, SMALL)
+    assert sorted(model.report_values()) == ["alpha_d", "alpha_t", "beta_d"]
+    batch = make_batch(spec, fm, size=9)
+    model(batch).logits["t0"].sum().backward()
+    assert all(p.grad is not None for p in model.arch_parameters())
+
+
 def test_alpha_and_beta_are_sigmoids_of_their_logits():
     _, _, _, model = _setup()
     vals = model.report_values()

@@ -197,12 +197,13 @@ class M3oE(MDMTModel):
         return cfg.automl and cfg.fusion != "gated" and (cfg.domain_module or cfg.task_module)
 
     def _used_weights(self) -> list[str]:
-        """The fusion weights this configuration uses (a removed module takes its α, β along)."""
+        """The fusion weights this configuration uses (a removed module takes its α, β along; β_d
+        needs two domains or more, β_t two tasks or more)."""
         used = []
         if self.use_domain:
-            used += ["alpha_d", "beta_d"]
+            used += ["alpha_d"] + (["beta_d"] if self.num_domains > 1 else [])
         if self.use_task:
-            used += ["alpha_t", "beta_t"]
+            used += ["alpha_t"] + (["beta_t"] if self.num_tasks > 1 else [])
         return [w for w in ARCH_WEIGHTS if w in used]
 
     def fusion_weight(self, name: str) -> Tensor:
