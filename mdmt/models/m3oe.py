@@ -178,7 +178,7 @@ class M3oE(MDMTModel):
             self.module_gate_bias = nn.Parameter(torch.empty(D, T * modules))
             _linear_init_(self.module_gate_weight, self.module_gate_bias, H)
         self.num_modules = modules
-        # Eq. 10: e_w for α_d, α_t, β_d, β_t (parameters with AutoML, fixed buffers without)
+        # Eq. 10: e_w for α_d, α_t, β_d, β_t (parameters with AutoML; without, constants fixed_weight)
         if cfg.automl and cfg.fusion != "gated":
             for name in self._used_weights():
                 setattr(self, f"arch_{name}", nn.Parameter(torch.full((1,), cfg.init_logit)))
