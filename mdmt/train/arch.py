@@ -58,11 +58,20 @@ class ArchSteps:
         self.device = device
         self.main_steps = 0
         self.arch_steps = 0
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Restart the cadence and the held-out order for ``epoch``: both depend on the epoch only,
+        so a run resumed at an epoch boundary repeats an uninterrupted run's architecture steps."""
+        self._epoch, self._cycle, self.main_steps = epoch, 0, 0
+        self.batches.set_epoch(epoch * 1000)
         self._it: Iterator[Batch] = iter(self.batches)
 
     def _next(self) -> Batch:
         b = next(self._it, None)
-        if b is None:  # the held-out rows are used up: reshuffle
+        if b is None:  # the held-out rows are used up within the epoch: reshuffle
+            self._cycle += 1
+            self.batches.set_epoch(self._epoch * 1000 + self._cycle)
             self._it = iter(self.batches)
             b = next(self._it)
         return b

@@ -354,6 +354,8 @@ class Trainer:
             if stopped:
                 break
             it.set_epoch(epoch)
+            if arch is not None:
+                arch.start_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=self.device)
             steps = rows = 0
