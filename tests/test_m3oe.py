@@ -327,3 +327,21 @@ def test_export_with_dynamic_batch_on_sorted_segments():
     other = make_batch(spec, fm, size=13, seed=5)
     with torch.no_grad():
         assert torch.allclose(ep.module()(*args(other)), Scorer(model)(*args(other)), atol=1e-5)
+
+
+def test_learned_alpha_beta_reach_metrics_json_and_report(tmp_path):
+    import json
+
+    from mdmt.cli import main
+
+    from .shop import write_project
+
+    project = write_project(tmp_path, model="m3oe", epochs=1)
+    run_dir = project / "runs" / "r"
+    assert main(["train", str(project / "exp.yaml"), "--run-dir", str(run_dir),
+                 "--set", "model.params.dr_dim=16", "--set", "model.params.hidden_dim=8"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    values = metrics["model_values"]["all"]
+    assert set(values) == set(ARCH_WEIGHTS) and all(0.0 < v < 1.0 for v in values.values())
+    report = (run_dir / "report.md").read_text()
+    assert "Model values" in report and "alpha_d" in report
