@@ -52,6 +52,16 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("specificall", True): -0.3061802089214325,
     ("specifictop", True): -0.34500569105148315,
     ("star", True): 1.7737501859664917,
+    ("adatt", False): -4.855310916900635,
+    ("adatt-sp", False): -4.764989852905273,
+    ("aitm", False): 3.8352465629577637,
+    ("m2m", False): -1.7813674211502075,
+    ("m3oe", False): 1.2407816648483276,
+    ("adatt", True): 4.24485969543457,
+    ("adatt-sp", True): 2.8493714332580566,
+    ("aitm", True): 3.0217297077178955,
+    ("m2m", True): -0.29700103402137756,
+    ("m3oe", True): 1.5831162929534912,
 }
 
 
@@ -274,7 +284,8 @@ def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: B
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm"])
-@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
+@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall",
+                                  "adatt", "adatt-sp", "aitm", "m2m"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
     params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1}}

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, Gate, ParallelMLP
+from ..layers import Activation, Gate, Norm, ParallelMLP
 from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
@@ -48,6 +48,7 @@ class AdaTTSPConfig(StrictModel):
         expert_hidden: widths of each expert MLP (its output is the last width).
         tower_hidden: hidden widths of each task tower (a final Linear -> 1 follows).
         dropout, act: of the expert and tower hidden layers.
+        norm: normalisation of every hidden layer (``none``, ``layernorm``, ``batchnorm``).
     """
 
     backbone: BackboneKind = "none"
@@ -58,6 +59,7 @@ class AdaTTSPConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 class AdaTTConfig(AdaTTSPConfig):
@@ -74,11 +76,11 @@ class AdaTTLevel(nn.Module):
     """
 
     def __init__(self, in_dim: int, num_tasks: int, specific: int, shared: int, hidden: list[int], last: bool,
-                 dropout: float = 0.0, act: str = "relu") -> None:
+                 dropout: float = 0.0, act: str = "relu", norm: Norm = "none") -> None:
         super().__init__()
         T, m, s = num_tasks, specific, shared
         self.num_tasks, self.specific = T, m
-        self.experts = ParallelMLP(in_dim, hidden, T * m + s, dropout=dropout, act=act)
+        self.experts = ParallelMLP(in_dim, hidden, T * m + s, dropout=dropout, act=act, norm=norm)
         self.out_dim = self.experts.out_dim
         self.task_gates = Gate(in_dim, T * m + s, num_gates=T)  # w_t over every expert of the level
         self.shared_gate = Gate(in_dim, T * m + s, num_gates=1) if (s > 0 and not last) else None
@@ -118,15 +120,15 @@ class AdaTT(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         shared = getattr(cfg, "shared_experts", 0)
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
         levels, d = [], self.backbone.out_dim
         for j in range(cfg.num_levels):
             level = AdaTTLevel(d, self.num_tasks, cfg.specific_experts, shared, cfg.expert_hidden,
-                               last=j == cfg.num_levels - 1, dropout=cfg.dropout, act=cfg.act)
+                               last=j == cfg.num_levels - 1, dropout=cfg.dropout, act=cfg.act, norm=cfg.norm)
             levels.append(level)
             d = level.out_dim
         self.levels = nn.ModuleList(levels)
-        self.towers = ParallelMLP(d, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act)
+        self.towers = ParallelMLP(d, cfg.tower_hidden, self.num_tasks, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         x = self.backbone.embed(batch, self.embeddings)  # x^0: [B, H]

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, ParallelMLP, activation
+from ..layers import Activation, Norm, ParallelMLP, activation
 from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
@@ -48,6 +48,7 @@ class AITMConfig(StrictModel):
         head_hidden: hidden widths of each task's output MLP (a final Linear -> 1 follows).
         calibrator_weight: ``α`` of the behavioural expectation calibrator (0 = off).
         dropout, act: of the hidden layers.
+        norm: normalisation of every hidden layer of the towers and heads (``none``, ``layernorm``, ``batchnorm``).
     """
 
     backbone: BackboneKind = "none"
@@ -57,6 +58,7 @@ class AITMConfig(StrictModel):
     calibrator_weight: float = Field(default=0.6, ge=0.0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 @register("aitm", paper="Xi et al., KDD 2021")
@@ -73,8 +75,9 @@ class AITM(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         T = self.num_tasks
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        self.towers = ParallelMLP(self.backbone.out_dim, cfg.tower_hidden, T, dropout=cfg.dropout, act=cfg.act)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.towers = ParallelMLP(self.backbone.out_dim, cfg.tower_hidden, T, dropout=cfg.dropout, act=cfg.act,
+                                  norm=cfg.norm)
         k = self.towers.out_dim
         self.k = k
         n = max(T - 1, 1)
@@ -82,7 +85,7 @@ class AITM(MDMTModel):
         self.h1 = nn.ModuleList([nn.Linear(k, k) for _ in range(n)])
         self.h2 = nn.ModuleList([nn.Linear(k, k) for _ in range(n)])
         self.h3 = nn.ModuleList([nn.Linear(k, k) for _ in range(n)])
-        self.heads = ParallelMLP(k, cfg.head_hidden, T, 1, cfg.dropout, cfg.act)
+        self.heads = ParallelMLP(k, cfg.head_hidden, T, 1, cfg.dropout, cfg.act, cfg.norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         x = self.backbone.embed(batch, self.embeddings)  # [B, H]

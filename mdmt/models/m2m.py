@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import Activation, DomainSegments, ParallelMLP, activation, segment_mm
+from ..layers import Activation, DomainSegments, Norm, ParallelMLP, activation, segment_mm
 from ..schema import DatasetSpec, StrictModel
 from .backbones import BackboneConfig, BackboneKind, build_backbone
 from .base import MDMTModel, ModelOutput, register
@@ -55,6 +55,7 @@ class M2MConfig(StrictModel):
         attention_dim: width of the meta attention unit.
         tower_layers: ``J`` residual meta layers per task tower (width ``d``).
         act: ``σ`` of the experts and meta units.
+        norm: normalisation of the expert hidden layers (``none``, ``layernorm``, ``batchnorm``).
     """
 
     backbone: BackboneKind = "none"
@@ -66,6 +67,7 @@ class M2MConfig(StrictModel):
     attention_dim: PositiveInt = 32
     tower_layers: PositiveInt = 2
     act: Activation = "relu"
+    norm: Norm = "none"
 
 
 class MetaLinear(nn.Module):
@@ -108,8 +110,8 @@ class M2M(MDMTModel):
         super().__init__(spec, embeddings)
         self.cfg = cfg
         T, D = self.num_tasks, self.num_domains
-        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params)
-        self.experts = ParallelMLP(self.backbone.out_dim, cfg.expert_hidden, cfg.num_experts, act=cfg.act)
+        self.backbone = build_backbone(cfg.backbone, embeddings, cfg.backbone_params, cfg.norm)
+        self.experts = ParallelMLP(self.backbone.out_dim, cfg.expert_hidden, cfg.num_experts, act=cfg.act, norm=cfg.norm)
         d = self.experts.out_dim
         self.scenario = nn.Embedding(D, cfg.scenario_dim)  # S
         nn.init.normal_(self.scenario.weight, std=1.0)
