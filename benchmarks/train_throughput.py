@@ -5,8 +5,10 @@ For each model (default: all of ``mdmt.models.REGISTRY``), on ``--rows`` synthet
 
 1. **End to end**: the real training path — :class:`mdmt.data.loader.BatchIterator` over the
    prepared train split (shuffled), ``Batch.to(device)``, then :meth:`mdmt.train.trainer.Trainer.train_step`
-   (model → masked multi-task BCE → backward → optimizer step; plus the validation-batch step of
-   models with ``step_on="valid"`` groups, as in ``Trainer.fit``). The epoch's shuffle (one
+   (model → masked multi-task BCE → backward → optimizer step; plus, for models with
+   ``step_on="valid"`` groups such as M3oE's α and β, the architecture step on a batch of the
+   held-out training rows after every main step, as in ``Trainer.fit`` with ``train.arch_every: 1``;
+   its share of the step time is reported). The epoch's shuffle (one
    ``randperm`` and one gather of the split) is timed once and amortised over the epoch's steps.
 2. **Model only**: the same ``train_step`` on one batch already in memory, reused.
 3. **FLOPs per step**: forward + backward of one batch, counted with
@@ -25,6 +27,7 @@ Run (from the repository root)::
 
     python benchmarks/train_throughput.py                      # all models, 1M rows
     python benchmarks/train_throughput.py --rows 100000 --models mlp,mmoe --steps 10
+    MDMT_DATA_DIR=... python benchmarks/train_throughput.py --dataset ml100k --batch-size 40960 --models m3oe
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows generated (train split ≈ 71%%)")
     p.add_argument("--preset", default="douyin", choices=["douyin", "kuaishou"])
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "ml100k"],
+                   help="ml100k: MovieLens-100K, M3oE protocol (embedding 16), from MDMT_DATA_DIR")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--steps", type=int, default=50, help="timed steps per path (interleaved; medians kept)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps of each path before timing")
@@ -103,6 +108,7 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
     from mdmt.config import TrainConfig
     from mdmt.data.loader import BatchIterator
     from mdmt.models import build_model
+    from mdmt.train.arch import holdout_rows
     from mdmt.train.trainer import Trainer, seed_everything
 
     seed_everything(args.seed)
@@ -112,6 +118,9 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
     cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, device=str(device), progress=False, seed=args.seed)
     trainer = Trainer(model, cfg, score_fn=lambda p: 0.0, run_dir=None, tag=name)
     has_valid_step = bool(trainer.valid_groups)
+    if has_valid_step:  # architecture steps on held-out training rows, never on the main rows
+        main_rows, arch_rows = holdout_rows(len(train), cfg.arch_holdout, args.seed)
+        train, valid = train.index(main_rows), train.index(arch_rows)
     it = BatchIterator(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     if len(it) == 0:
         raise ValueError(f"--rows too small: the train split has {len(train)} rows < batch size {args.batch_size}")
@@ -119,13 +128,18 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
     stream = _cycle(it)
     valid_stream = (b for b, _ in _cycle(valid_it))
     fixed_valid = next(iter(valid_it)).to(device) if has_valid_step else None
+    arch_times: list[float] = []
 
     def e2e_step() -> float:
         batch, epoch_start = next(stream)
         batch = batch.to(device, non_blocking=True)
         trainer.train_step(batch)
         if has_valid_step:
-            trainer.valid_step(next(valid_stream).to(device))
+            synchronize(device)
+            t = time.perf_counter()
+            trainer.arch_step(next(valid_stream).to(device))
+            synchronize(device)
+            arch_times.append(time.perf_counter() - t)
         return epoch_start
 
     # one epoch start: the shuffle gather, amortised over the epoch's steps
@@ -136,7 +150,7 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
     def model_step() -> None:
         trainer.train_step(fixed)
         if has_valid_step:
-            trainer.valid_step(fixed_valid)
+            trainer.arch_step(fixed_valid)
 
     for _ in range(args.warmup):
         e2e_step()
@@ -156,6 +170,7 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
         model_times.append(time.perf_counter() - t0)
 
     e2e_step_s = statistics.median(e2e_times) + gather_seconds / len(it)
+    arch_step_s = statistics.median(arch_times[-args.steps:]) if arch_times else 0.0
     model_step_s = statistics.median(model_times)
     flops = _flops_per_step(model, fixed, model.task_names)
     if has_valid_step:
@@ -166,6 +181,8 @@ def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: to
         "batch_size": bs,
         "params": int(sum(p.numel() for p in model.parameters())),
         "has_valid_step": has_valid_step,
+        "arch_step_seconds": arch_step_s,
+        "arch_share_of_e2e": arch_step_s / e2e_step_s,
         "e2e_step_seconds": e2e_step_s,
         "e2e_step_seconds_quartiles": _quartiles(e2e_times),
         "model_step_seconds_quartiles": _quartiles(model_times),
@@ -203,14 +220,15 @@ def _print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     peak = result["peak_flops"]
-    table = Table(title=f"Training throughput · batch {result['settings']['batch_size']} · "
-                        f"{result['settings']['rows']:,} {result['settings']['preset']} rows")
+    st0 = result["settings"]
+    data = "MovieLens-100K" if st0.get("dataset") == "ml100k" else f"{st0['rows']:,} {st0['preset']} rows"
+    table = Table(title=f"Training throughput · batch {st0['batch_size']} · {data}")
     for col in ("model", "samples/s e2e", "samples/s model", "e2e/model", "MFLOP/sample", "GFLOP/s e2e",
-                "util e2e", "util model"):
+                "util e2e", "util model", "arch share"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in result["models"]:
         if "error" in r:
-            table.add_row(r["model"], f"[red]error: {r['error'][:60]}", *[""] * 6)
+            table.add_row(r["model"], f"[red]error: {r['error'][:60]}", *[""] * 7)
             continue
         ratio = f"{r['ratio']:.3f}"
         if r["ratio"] > TARGET_RATIO:
@@ -224,6 +242,7 @@ def _print_table(result: dict[str, Any]) -> None:
             f"{r['e2e_flops_per_sec'] / 1e9:.2f}",
             f"{100 * r['e2e_utilisation']:.1f}%",
             f"{100 * r['model_utilisation']:.1f}%",
+            f"{100 * r['arch_share_of_e2e']:.1f}%" if r["has_valid_step"] else "",
         )
     con = Console()
     con.print(f"Machine: {describe_line(result['machine'])}")
@@ -259,11 +278,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = _load_average()
     peak_before = mm_peak(repeats=args.mm_repeats, device=args.device)
     t0 = time.perf_counter()
-    raw = generate(SyntheticConfig(preset=args.preset, rows=args.rows, seed=args.seed))
-    prepared = prepare(raw, cache_dir=None, progress=False)
+    if args.dataset == "ml100k":
+        from mdmt.config import DataConfig
+        from mdmt.data import load_prepared
+
+        prepared = load_prepared(DataConfig(source="movielens", params={"variant": "ml-100k", "protocol": "m3oe"}),
+                                 progress=False)
+        data_name = "MovieLens-100K (M3oE protocol)"
+    else:
+        raw = generate(SyntheticConfig(preset=args.preset, rows=args.rows, seed=args.seed))
+        prepared = prepare(raw, cache_dir=None, progress=False)
+        data_name = f"{args.rows:,} {args.preset} rows"
     data_seconds = time.perf_counter() - t0
     if not args.quiet:
-        print(f"data: {args.rows:,} {args.preset} rows generated and prepared in {data_seconds:.1f} s; "
+        print(f"data: {data_name} prepared in {data_seconds:.1f} s; "
               f"train split {len(prepared.splits['train']):,} rows")
 
     rows = []
@@ -296,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "rows": args.rows,
             "preset": args.preset,
+            "dataset": args.dataset,
             "train_rows": len(prepared.splits["train"]),
             "batch_size": args.batch_size,
             "steps": args.steps,

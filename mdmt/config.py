@@ -117,6 +117,20 @@ class TrainConfig(StrictModel):
     shuffle_buffer: int = Field(default=200_000, ge=1, description="rows shuffled together when streaming")
     warm_start: WarmStartConfig | None = Field(default=None, description=(
         "start from the matching parameters of a finished run (see docs/training.md, warm start)"))
+    arch_holdout: float = Field(default=0.1, ge=0.0, lt=1.0, description=(
+        "share of the training rows held out for the architecture steps of a model with architecture "
+        "weights (e.g. M3oE's fusion weights): those rows are never trained on by the main step, and the "
+        "architecture optimizer only ever sees them; ignored by other models"))
+    arch_every: int | Literal["epoch"] = Field(default=1, description=(
+        "cadence of the architecture steps: after every k main steps (a number), or once after each "
+        "epoch (epoch, as M3oE section 2.6.1 describes)"))
+
+    @field_validator("arch_every")
+    @classmethod
+    def _positive_every(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("arch_every must be a positive number of steps or 'epoch'")
+        return v
 
 
 class ExperimentConfig(StrictModel):

@@ -60,6 +60,9 @@ __all__ = [
     "GateNU",
     "CrossNetV1",
     "CIN",
+    "segment_linear",
+    "segment_mm",
+    "DomainSegments",
 ]
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "prelu"]
@@ -929,3 +932,155 @@ class CIN(nn.Module):
             x = torch.matmul(w, z)  # Eq. 6: Σ_{i,j} W^{k,h}_{ij} (...): [B, H_k, D]
             pooled.append(x.sum(-1))  # Eq. 7: sum pooling over the embedding dim: [B, H_k]
         return torch.cat(pooled, dim=-1)  # p^+
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows sorted by domain: segment GEMMs (each row through its own domain's weights, no waste)
+# ---------------------------------------------------------------------------------------------
+def _segments(offsets: Tensor) -> list[tuple[int, int, int]]:
+    """``(segment, start, end)`` of every non-empty segment (one host read of the offsets)."""
+    out, start = [], 0
+    for g, end in enumerate(offsets.tolist()):
+        if end > start:
+            out.append((g, start, end))
+        start = end
+    return out
+
+
+@torch.library.custom_op("mdmt::segment_linear", mutates_args=())
+def segment_linear(x: Tensor, weight: Tensor, bias: Tensor | None, offsets: Tensor) -> Tensor:
+    """Segment GEMM: rows ``offsets[g-1]:offsets[g]`` of ``x`` times ``weight[g]``, plus ``bias[g]``.
+
+    Args:
+        x: ``[N, in]``, rows grouped by segment (e.g. sorted by domain).
+        weight: ``[G, in, out]``, one matrix per segment.
+        bias: ``[G, out]`` or None.
+        offsets: ``[G]`` int32/int64, the cumulative end of each segment (``offsets[-1] = N``);
+            a segment may be empty.
+
+    Returns:
+        ``[N, out]``. Every row is multiplied by its own segment's matrix only: ``N·in·out``
+        multiply-adds whatever ``G``, the bias added inside the GEMM. One custom op
+        (``mdmt::segment_linear``, with autograd and a FLOP formula), so ``torch.export`` keeps it
+        as one node with a symbolic row count. The kernel runs one GEMM per non-empty segment.
+
+    Example::
+
+        >>> import torch
+        >>> w = torch.stack([torch.eye(2), 2 * torch.eye(2)])
+        >>> segment_linear(torch.ones(3, 2), w, None, torch.tensor([1, 3])).tolist()
+        [[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]
+    """
+    out = x.new_empty(x.shape[0], weight.shape[-1])
+    for g, start, end in _segments(offsets):
+        if bias is None:
+            torch.mm(x[start:end], weight[g], out=out[start:end])
+        else:
+            torch.addmm(bias[g], x[start:end], weight[g], out=out[start:end])
+    return out
+
+
+@segment_linear.register_fake
+def _segment_linear_fake(x: Tensor, weight: Tensor, bias: Tensor | None, offsets: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[-1])
+
+
+@torch.library.custom_op("mdmt::segment_linear_param_grad", mutates_args=())
+def segment_linear_param_grad(x: Tensor, grad: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per segment ``g``: ``x[seg]ᵀ @ grad[seg]`` ``[G, in, out]`` and ``grad[seg].sum(0)`` ``[G, out]``."""
+    gw = x.new_zeros(offsets.shape[0], x.shape[1], grad.shape[1])
+    gb = grad.new_zeros(offsets.shape[0], grad.shape[1])
+    for g, start, end in _segments(offsets):
+        torch.mm(x[start:end].t(), grad[start:end], out=gw[g])
+        torch.sum(grad[start:end], dim=0, out=gb[g])
+    return gw, gb
+
+
+@segment_linear_param_grad.register_fake
+def _segment_linear_param_grad_fake(x: Tensor, grad: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    return x.new_empty(offsets.shape[0], x.shape[1], grad.shape[1]), grad.new_empty(offsets.shape[0], grad.shape[1])
+
+
+def _segment_linear_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library signature
+    x, weight, bias, offsets = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, offsets)
+
+
+def _segment_linear_backward(ctx, grad: Tensor):  # noqa: ANN001 - torch.library signature
+    x, weight, offsets = ctx.saved_tensors
+    grad = grad.contiguous()
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = segment_linear(grad, weight.transpose(1, 2), None, offsets)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        gw, gb = segment_linear_param_grad(x, grad, offsets)
+    return gx, gw, (gb if ctx.has_bias else None), None
+
+
+segment_linear.register_autograd(_segment_linear_backward, setup_context=_segment_linear_setup)
+
+
+def segment_mm(x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:
+    """:func:`segment_linear` without a bias: ``x [N, in]``, ``weight [G, in, out]`` -> ``[N, out]``."""
+    return segment_linear(x, weight, None, offsets)
+
+
+class DomainSegments:
+    """Rows of a batch sorted by domain, for segment GEMMs (:func:`segment_mm`).
+
+    ``order`` sorts the rows by domain (stable), ``offsets`` ``[D]`` (int64) are the cumulative
+    row counts of domains ``0..D-1`` in that order, and :meth:`unsort` puts sorted rows back.
+    Tensor ops only (no ``.item()``, fixed shapes), so it exports with a symbolic batch.
+
+    Example::
+
+        >>> import torch
+        >>> seg = DomainSegments(torch.tensor([1, 0, 1]), num_domains=2)
+        >>> seg.order.tolist(), seg.offsets.tolist()
+        ([1, 0, 2], [1, 3])
+        >>> seg.unsort(torch.tensor([10, 20, 30])).tolist()
+        [20, 10, 30]
+    """
+
+    def __init__(self, domain: Tensor, num_domains: int) -> None:
+        self.num_domains = num_domains
+        self.order = torch.argsort(domain, stable=True)  # [B]
+        self.domain = domain.index_select(0, self.order)  # sorted domains: [B]
+        counts = F.one_hot(domain, num_domains).sum(0)  # [D] (fixed size, unlike bincount)
+        self.offsets = counts.cumsum(0)  # [D]
+
+    def sort(self, x: Tensor) -> Tensor:
+        """``x[order]`` along dim 0."""
+        return x.index_select(0, self.order)
+
+    def unsort(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`sort` along dim 0."""
+        return torch.empty_like(x).index_copy(0, self.order, x)
+
+    def repeat_offsets(self, times: int) -> Tensor:
+        """Offsets of ``times`` stacked copies of the sorted rows (``[times·B]``): ``[times·D]``,
+        segment ``k·D + d`` = domain ``d`` of copy ``k`` (e.g. one copy per task)."""
+        n = self.order.shape[0]
+        shift = torch.arange(times, device=self.offsets.device, dtype=self.offsets.dtype) * n
+        return (shift.unsqueeze(1) + self.offsets.unsqueeze(0)).reshape(-1)
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Per-domain affine map of sorted rows: ``x [B, in]``, ``weight [D, in, out]``, ``bias [D, out]``."""
+        return segment_linear(x, weight, bias, self.offsets)
+
+
+def _register_segment_flops() -> None:
+    """Teach ``torch.utils.flop_counter`` the segment GEMMs' cost (``2·N·in·out`` each)."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.mdmt.segment_linear)
+    def _fwd(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        return 2 * x_shape[0] * x_shape[1] * w_shape[-1]
+
+    @register_flop_formula(torch.ops.mdmt.segment_linear_param_grad)
+    def _wgrad(x_shape, g_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        return 2 * x_shape[0] * x_shape[1] * g_shape[1]
+
+
+_register_segment_flops()

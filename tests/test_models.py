@@ -60,6 +60,16 @@ GOLDEN: dict[tuple[str, bool], float] = {
     ("pepnet", True): 0.21013125777244568,
     ("dcn", True): -1.4611138105392456,
     ("xdeepfm", True): 3.0731096267700195,
+    ("adatt", False): -4.855310916900635,
+    ("adatt-sp", False): -4.764989852905273,
+    ("aitm", False): 3.8352465629577637,
+    ("m2m", False): -1.7813674211502075,
+    ("m3oe", False): 1.2407816648483276,
+    ("adatt", True): 4.24485969543457,
+    ("adatt-sp", True): 2.8493714332580566,
+    ("aitm", True): 3.0217297077178955,
+    ("m2m", True): -0.29700103402137756,
+    ("m3oe", True): 1.5831162929534912,
 }
 
 
@@ -109,6 +119,7 @@ def _with_domain(batch: Batch, domain: torch.Tensor) -> Batch:
 # ---------------------------------------------------------------------------------------------
 def test_registry_holds_the_classic_models():
     assert {"mlp", "sharedbottom", "mmoe", "ple", "star", "deepfm", "dcnv2"} <= set(REGISTRY)
+    assert {"m3oe", "m2m", "adatt", "adatt-sp", "aitm"} <= set(REGISTRY)
     for name, info in REGISTRY.items():
         assert info.paper, name
         assert issubclass(info.cls, MDMTModel) and info.cls.registry_name == name
@@ -282,7 +293,8 @@ def assert_exports(model: MDMTModel, spec: DatasetSpec, fm: FeatureMap, batch: B
 # Configurations: backbones, variants, errors
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["none", "mlp", "dcnv2", "deepfm", "dcn", "xdeepfm"])
-@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall"])
+@pytest.mark.parametrize("name", ["sharedbottom", "mmoe", "ple", "ple-md", "specifictop", "specificall",
+                                  "adatt", "adatt-sp", "aitm", "m2m"])
 def test_multitask_models_on_every_backbone(name, backbone):
     spec, fm, batch = _setup(False, size=8)
     params = {"backbone": backbone, "backbone_params": {"hidden": [16], "cross_layers": 1, "cin_layers": [3, 2]}}
@@ -393,3 +405,72 @@ def test_config_errors_are_clear():
         build_model("xdeepfm", spec, fm)
     with pytest.raises(ConfigError, match="one embedding dim"):
         build_model("sharedbottom", spec, fm, {"backbone": "xdeepfm"})
+
+
+# ---------------------------------------------------------------------------------------------
+# M3oE's Table 2 baselines: the papers' key equations recomputed
+# ---------------------------------------------------------------------------------------------
+def test_adatt_level_is_gated_fusion_of_all_experts_plus_own_residual():
+    spec, fm, batch = _setup(False, size=6)
+    for name, shared in (("adatt", 1), ("adatt-sp", 0)):
+        model = _build(name, spec, fm, params={"num_levels": 1, "specific_experts": 2}).eval()
+        level = model.levels[0]
+        T = spec.num_tasks
+        with torch.no_grad():
+            x = model.embeddings.flat_input(batch)
+            e = level.experts(x)  # [B, T·2 + shared, H]
+            assert e.shape[1] == 2 * T + shared
+            w = level.task_gates.weights(x)  # softmax(W_t x): [B, T, E]
+            expect = torch.stack([
+                sum(w[:, t, j : j + 1] * e[:, j] for j in range(e.shape[1]))  # w_tᵀ E
+                + level.residual[t, 0] * e[:, 2 * t] + level.residual[t, 1] * e[:, 2 * t + 1]  # v_tᵀ E_t
+                for t in range(T)], dim=1)
+            z = model.towers(expect)[..., 0]
+            assert torch.allclose(_stack(model, model(batch)), z, atol=1e-5), name
+
+
+def test_aitm_transfer_attention_and_calibrator():
+    spec, fm, batch = _setup(False, size=6)
+    model = _build("aitm", spec, fm).eval()
+    with torch.no_grad():
+        x = model.embeddings.flat_input(batch)
+        q = model.towers(x)
+        z = [q[:, 0]]
+        for t in range(1, spec.num_tasks):
+            p = model.transfer[t - 1](z[-1])
+            us = [p, q[:, t]]
+            score = torch.stack([(model.h1[t - 1](u) * model.h2[t - 1](u)).sum(-1) for u in us], 1) / model.k ** 0.5
+            w = torch.softmax(score, dim=1)
+            z.append(w[:, :1] * model.h3[t - 1](p) + w[:, 1:] * model.h3[t - 1](q[:, t]))
+        logits = model.heads(torch.stack(z, 1))[..., 0]
+        out = model(batch)
+        assert torch.allclose(_stack(model, out), logits, atol=1e-5)
+        prob = torch.sigmoid(logits)
+        calib = sum(torch.clamp(prob[:, t] - prob[:, t - 1], min=0).mean() for t in range(1, spec.num_tasks))
+        assert float(out.aux_loss) == pytest.approx(0.6 * float(calib), rel=1e-5)
+
+
+def test_m2m_meta_units_recomputed_row_by_row():
+    spec, fm, batch = _setup(False, size=6)
+    model = _build("m2m", spec, fm, params={"num_experts": 2, "expert_hidden": [8], "tower_layers": 1}).eval()
+    T, d = spec.num_tasks, 8
+
+    def meta(m, s, g, h):  # σ-free affine part: Reshape(V S + b_V) h + U S + b_U
+        W = (s @ m.V[g] + m.bV[g]).view(m.in_dim, m.out_dim)
+        return h @ W + s @ m.U[g] + m.bU[g]
+
+    with torch.no_grad():
+        x = model.embeddings.flat_input(batch)
+        e = model.experts(x)
+        out = torch.zeros(len(batch), T)
+        for r in range(len(batch)):
+            s = model.scenario.weight[int(batch.domain[r])]
+            for t in range(T):
+                a = torch.stack([
+                    torch.relu(meta(model.att_expert, s, 0, e[r, k]) + meta(model.att_task, s, 0, model.task_embedding[t]))
+                    @ model.att_v for k in range(2)])
+                att = torch.softmax(a, 0)
+                L = att[0] * e[r, 0] + att[1] * e[r, 1]  # R_t
+                L = torch.relu(meta(model.tower[0], s, t, L)) + L  # residual meta tower
+                out[r, t] = L @ model.out.weights[0][t, :, 0] + model.out.biases[0][t, 0]
+        assert torch.allclose(_stack(model, model(batch)), out, atol=1e-5)

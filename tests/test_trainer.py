@@ -111,9 +111,64 @@ def test_valid_group_is_not_updated_by_main_optimizer():
     assert torch.equal(model.arch, before), "main step must not touch step_on='valid' parameters"
     assert not torch.equal(model.head.weight, head_before)
     head_after = model.head.weight.detach().clone()
-    tr.valid_step(valid)
+    tr.arch_step(valid)
     assert not torch.equal(model.arch, before)
     assert torch.equal(model.head.weight, head_after), "the valid step must not touch main parameters"
+
+
+def _recording_fit(cfg: TrainConfig, n_train: int = 100):
+    """Fit the arch model with row ids in ``group``; returns (trainer, main ids, arch ids, #main, #arch steps)."""
+    spec, fm, model = _model(with_arch=True)
+    train = make_batch(spec, fm, size=n_train, seed=1)
+    train.group = torch.arange(n_train)  # row ids
+    valid = make_batch(spec, fm, size=32, seed=2)
+    valid.group = 10_000 + torch.arange(32)
+    tr = Trainer(model, cfg, lambda p: 0.0)
+    main_ids, arch_ids, counts = [], [], {"main": 0, "arch": 0}
+    train_step, arch_step = tr.train_step, tr.arch_step
+
+    def rec_train(b):
+        main_ids.append(b.group.clone())
+        counts["main"] += 1
+        return train_step(b)
+
+    def rec_arch(b):
+        arch_ids.append(b.group.clone())
+        counts["arch"] += 1
+        arch_step(b)
+
+    tr.train_step, tr.arch_step = rec_train, rec_arch
+    tr.fit(train, valid)
+    return tr, torch.cat(main_ids), torch.cat(arch_ids), counts["main"], counts["arch"]
+
+
+def test_arch_steps_use_held_out_training_rows_only():
+    cfg = TrainConfig(epochs=3, batch_size=16, patience=0, progress=False, arch_holdout=0.2)
+    tr, main_ids, arch_ids, _, _ = _recording_fit(cfg)
+    main_set, arch_set = set(main_ids.tolist()), set(arch_ids.tolist())
+    assert main_set.isdisjoint(arch_set), "the architecture step saw rows the main step trains on"
+    assert all(i < 100 for i in arch_set), "the architecture step saw validation rows"
+    assert arch_set <= set(tr.arch_rows.tolist()) and len(tr.arch_rows) == 20
+    assert main_set == set(tr.main_rows.tolist()) and len(main_set) == 80  # every main row trained on
+    assert set(tr.main_rows.tolist()) | set(tr.arch_rows.tolist()) == set(range(100))
+
+
+@pytest.mark.parametrize("every, expect", [(1, 1.0), (2, 0.5), ("epoch", None)])
+def test_arch_step_cadence(every, expect):
+    cfg = TrainConfig(epochs=3, batch_size=16, patience=0, progress=False, arch_holdout=0.1, arch_every=every)
+    _, _, _, n_main, n_arch = _recording_fit(cfg)
+    assert n_main == 3 * 6  # 90 main rows in batches of 16
+    assert n_arch == (3 if expect is None else int(n_main * expect))
+
+
+def test_arch_holdout_zero_is_a_clear_error():
+    from mdmt.schema import ConfigError
+
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, arch_holdout=0.0)
+    with pytest.raises(ConfigError, match="arch_holdout"):
+        _recording_fit(cfg)
+    with pytest.raises(Exception, match="arch_every"):
+        TrainConfig(arch_every=0)
 
 
 def test_checkpoint_resume_continues(tmp_path):

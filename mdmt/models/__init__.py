@@ -13,11 +13,15 @@ from __future__ import annotations
 
 # every model module registers itself on import
 from . import (  # noqa: F401
+    adatt,
+    aitm,
     compose,
     dcn,
     dcnv2,
     dcnv2_mt,
     deepfm,
+    m2m,
+    m3oe,
     mlp,
     mmoe,
     pepnet,

@@ -92,6 +92,20 @@ class MDMTModel(nn.Module):
         """Facts about how this model was built from the schema that the run report should state."""
         return []
 
+    @classmethod
+    def has_arch_weights(cls, cfg: StrictModel) -> bool:
+        """Whether a model built from ``cfg`` returns a ``step_on="valid"`` group (architecture
+        weights stepped on held-out training rows). Lets a run check its settings before loading
+        data; default False."""
+        return False
+
+    def report_values(self) -> dict[str, float]:
+        """Named scalars worth recording with a run's metrics (e.g. M3oE's learned α, β).
+
+        The trainer logs them every epoch and the run writes them into ``metrics.json`` and
+        ``report.md``; default: none."""
+        return {}
+
     def stop_gradient_params(self) -> list[str]:
         """Names of parameters the task loss must leave without gradient (paper's stop-gradient)."""
         return []

@@ -101,6 +101,8 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
         "valid": result.valid.to_dict(),
         "test": result.test.to_dict(),
     }
+    if result.model_values:  # the model's own named values (MDMTModel.report_values), per unit
+        metrics["model_values"] = result.model_values
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(_clean(metrics), indent=1))
     tmp.replace(run_dir / "metrics.json")
@@ -140,6 +142,10 @@ def write_run_report(result: "RunResult", spec: DatasetSpec, quiet: bool = False
     ]
     if not np.isnan(result.test.avg_oracle_auc):
         lines.append(f"Oracle AUC (the ceiling from the true probabilities): {result.test.avg_oracle_auc:.4f}.")
+    if result.model_values:
+        lines += ["", "## Model values (best epoch)", "", "| unit | name | value |", "|---|---|---|"]
+        for unit, values in result.model_values.items():
+            lines += [f"| {unit} | {k} | {v:.4f} |" for k, v in values.items()]
     lines += ["", "## Validation", "", result.valid.markdown(), ""]
     lines += ["## Per-cell test AUC", "", f"![per-cell AUC]({heatmap.name})", ""]
     if result.history:

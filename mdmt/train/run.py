@@ -116,6 +116,7 @@ class RunResult:
     fits: dict[str, FitResult] = field(default_factory=dict)  # per unit tag
     test_data: Batch | None = None
     notes: list[str] = field(default_factory=list)  # the models' report_notes(), once each
+    model_values: dict[str, dict[str, float]] = field(default_factory=dict)  # unit tag -> report_values()
 
 
 def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[str]):
@@ -128,6 +129,22 @@ def _score_fn(monitor: str, valid: Batch, spec: DatasetSpec, task_names: list[st
         return -res.avg_logloss
 
     return score
+
+
+def _check_arch_settings(cfg: ExperimentConfig) -> None:
+    """Check the model settings before any work: an unknown model or bad params, and a model with
+    architecture weights, which needs held-out training rows in memory."""
+    from ..models import REGISTRY, model_config
+
+    params = model_config(cfg.model.name, cfg.model.params)  # ConfigError: unknown model, bad params
+    if not REGISTRY[cfg.model.name].cls.has_arch_weights(params):
+        return
+    if cfg.train.arch_holdout <= 0:
+        raise ConfigError(f"train.arch_holdout must be > 0 for model {cfg.model.name!r}: its architecture weights are "
+                          "stepped on held-out training rows, e.g. arch_holdout: 0.1")
+    if cfg.train.streaming:
+        raise ConfigError(f"train.streaming: model {cfg.model.name!r} steps its architecture weights on held-out "
+                          "training rows, which needs the training split in memory; set train.streaming: false")
 
 
 def _default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -318,6 +335,7 @@ def run_experiment(
     run_dir = Path(run_dir) if run_dir is not None else None
     check_experiment(cfg, run_dir, resume=resume, overwrite=overwrite)
     torch.set_num_threads(cfg.train.num_threads or available_cpus())
+    _check_arch_settings(cfg)
     if prepared is None:
         prepared = load_prepared(cfg.data, data_dir=data_dir, progress=not quiet)
     fm: FeatureMap = prepared.feature_map
@@ -405,6 +423,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
     fits: dict[str, FitResult] = {}
     warm_summaries: list[dict] = []
     notes: list[str] = []
+    model_values: dict[str, dict[str, float]] = {}
     device = resolve_device(cfg.train.device)
     progress = RunProgress(enabled=not quiet and cfg.train.progress, units=len(units), epochs=cfg.train.epochs)
     with progress:
@@ -445,6 +464,9 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
             seconds += fit.train_seconds
             samples += fit.samples_seen
             fits[unit.tag] = fit
+            values = model.report_values()  # the restored best epoch's values (e.g. M3oE's α, β)
+            if values:
+                model_values[unit.tag] = values
             cols = list(range(spec.num_tasks)) if unit.tasks is None else unit.tasks
             te_rows = _rows(test, unit.domains)
             vp = predict(model, va, cfg.train.eval_batch_size, device)
@@ -465,6 +487,7 @@ def _train_units(cfg: ExperimentConfig, prepared: Any, units: list[Unit], run_di
         best_epoch=best_epochs["all"] if len(best_epochs) == 1 and "all" in best_epochs else best_epochs,
         predictions={"valid": valid_probs, "test": test_probs},
         fits=fits, test_data=test, notes=notes,
+        model_values=model_values,
     )
     from .report import write_run_report
 

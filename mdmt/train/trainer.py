@@ -3,8 +3,10 @@
 The trainer never asks which model it holds (DESIGN §2): it asks the model for its
 :meth:`~mdmt.models.base.MDMTModel.optim_groups` and builds one optimizer per group. Groups with
 ``step_on="train"`` are stepped on training batches with the task loss; groups with
-``step_on="valid"`` (e.g. M3oE's architecture weights) are stepped on their own validation batches
-and never receive the main optimizer's updates.
+``step_on="valid"`` (e.g. M3oE's architecture weights) are stepped on their own batches, drawn from
+a held-out share of the training rows (``train.arch_holdout``, :mod:`mdmt.train.arch`) at the
+cadence ``train.arch_every``, and never receive the main optimizer's updates; the main step never
+sees the held-out rows.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..batch import Batch
 from ..config import TrainConfig
 from ..data.loader import BatchIterator
 from ..models.base import MDMTModel, OptimGroup
+from .arch import ArchSteps, holdout_rows
 from .checkpoint import atomic_save, load_checkpoint, load_weights, rng_state, set_rng_state
 from .loss import multitask_loss
 
@@ -239,14 +242,37 @@ class Trainer:
             o.step()
         return loss.detach(), per_task
 
-    def valid_step(self, batch: Batch) -> None:
-        """One step of the ``step_on="valid"`` groups on a validation batch (bi-level search)."""
+    def arch_step(self, batch: Batch) -> None:
+        """One step of the ``step_on="valid"`` groups on a held-out batch (bi-level search, M3oE Eq. 11).
+
+        Only those groups' parameters get gradients; every other parameter is left untouched."""
         for o in self._valid_opts:
             o.zero_grad(set_to_none=True)
         loss, _ = self._loss(batch)
         loss.backward(inputs=self._valid_params)
         for o in self._valid_opts:
             o.step()
+
+    def _arch_holdout(self, train: Batch | BatchSource) -> tuple[Batch, ArchSteps]:
+        """Set ``train.arch_holdout`` of the training rows aside for the architecture steps.
+
+        Returns the main rows and the :class:`ArchSteps` over the held-out rows. The split is
+        seeded by ``train.seed``, so a resumed run holds out the same rows."""
+        from ..schema import ConfigError
+
+        c = self.cfg
+        if not isinstance(train, Batch):
+            raise ConfigError("the model has architecture weights (bi-level steps on held-out training rows): "
+                              "it needs the training split in memory; set train.streaming: false")
+        if c.arch_holdout <= 0:
+            raise ConfigError("train.arch_holdout must be > 0 for a model with architecture weights "
+                              f"(groups {[g.name for g in self.valid_groups]}): they are stepped on held-out "
+                              "training rows, e.g. arch_holdout: 0.1")
+        main_rows, arch_rows = holdout_rows(len(train), c.arch_holdout, c.seed)
+        self.main_rows, self.arch_rows = main_rows, arch_rows
+        steps = ArchSteps(train.index(arch_rows), c.batch_size, c.arch_every, self.arch_step,
+                          seed=c.seed + 7919, device=self.device)
+        return train.index(main_rows), steps
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _ckpt_dir(self) -> Path | None:
@@ -303,8 +329,12 @@ class Trainer:
         c = self.cfg
         it = train if not isinstance(train, Batch) else BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
         self._steps_per_epoch = len(it) if c.max_steps_per_epoch is None else min(len(it), c.max_steps_per_epoch)
+        arch: ArchSteps | None = None
+        if self.valid_groups:  # bi-level: architecture steps on held-out training rows
+            train, arch = self._arch_holdout(train)
+            it = BatchIterator(train, c.batch_size, shuffle=True, seed=c.seed)
+            self._steps_per_epoch = len(it) if c.max_steps_per_epoch is None else min(len(it), c.max_steps_per_epoch)
         self._make_schedulers(self._steps_per_epoch * c.epochs)
-        valid_it = BatchIterator(valid, c.batch_size, shuffle=True, seed=c.seed + 7919) if self.valid_groups else None
         history: list[dict] = []
         best: dict = {"score": -math.inf, "epoch": None, "state": None}
         start_epoch, stopped = 0, False
@@ -324,10 +354,8 @@ class Trainer:
             if stopped:
                 break
             it.set_epoch(epoch)
-            valid_iter = None
-            if valid_it is not None:
-                valid_it.set_epoch(epoch)
-                valid_iter = iter(valid_it)
+            if arch is not None:
+                arch.start_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=self.device)
             steps = rows = 0
@@ -336,12 +364,8 @@ class Trainer:
                     break
                 batch = batch.to(self.device, non_blocking=True)
                 loss, _ = self.train_step(batch)
-                if valid_iter is not None:
-                    vb = next(valid_iter, None)
-                    if vb is None:
-                        valid_iter = iter(valid_it)
-                        vb = next(valid_iter)
-                    self.valid_step(vb.to(self.device))
+                if arch is not None:
+                    arch.after_main_step()
                 for s in self.schedulers:
                     s.step()
                 loss_sum += loss
@@ -352,6 +376,8 @@ class Trainer:
                 if progress is not None and (step % 20 == 0):
                     progress("step", tag=self.tag, epoch=epoch + 1, step=step, steps=self._steps_per_epoch,
                              loss=float(loss), rows=rows)
+            if arch is not None:
+                arch.after_epoch()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_seconds = time.perf_counter() - t0
@@ -378,6 +404,9 @@ class Trainer:
                 "samples_per_sec": rows / epoch_seconds if epoch_seconds > 0 else None,
                 "bad_epochs": bad_epochs,
             }
+            values = self.model.report_values()
+            if values:  # e.g. M3oE's α, β after this epoch
+                rec["model_values"] = values
             history.append(rec)
             self._log(rec)
             if progress is not None:

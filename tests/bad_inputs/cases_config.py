@@ -142,3 +142,16 @@ def missing_column(ws: Workspace) -> list[str]:
 def domain_specific_unknown_feature(ws: Workspace) -> list[str]:
     ws.project()
     return ["train", "exp.yaml", "--set", "data.domain_specific=[user]"]
+
+
+@bad_input("config", "A model with architecture weights (M3oE) and no held-out training rows for them",
+           expect="train.arch_holdout")
+def arch_holdout_zero(ws: Workspace) -> list[str]:
+    ws.project()
+    return ["train", "exp.yaml", "--set", "model.name=m3oe", "--set", "train.arch_holdout=0"]
+
+
+@bad_input("config", "An architecture-step cadence that is neither a step count nor 'epoch'", expect="arch_every")
+def arch_every_bad(ws: Workspace) -> list[str]:
+    ws.project()
+    return ["train", "exp.yaml", "--set", "train.arch_every=0"]
