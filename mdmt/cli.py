@@ -257,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("demo", help="train and evaluate on the built-in synthetic douyin data (1M rows; under a minute on 2 cores)",
+    p = sub.add_parser("demo", help="train and evaluate on the built-in synthetic douyin data (1M rows; a few minutes on 2 cores)",
                        formatter_class=fmt, epilog="example:\n  mdmt demo --rows 100000")
     p.add_argument("--rows", type=int, default=None, help="override the number of synthetic rows")
     p.add_argument("--output-dir", default="runs", help="where the run directory is created (default: runs)")
