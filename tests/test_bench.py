@@ -571,3 +571,29 @@ def test_best_epoch_column_shows_the_selected_epochs_over_seeds():
     col = header.index("Best epoch")
     assert rows["Model"][col] == "2–5" and rows["Base (baseline)"][col] == "3"
     assert _fmt_epochs([None, None]) == "—"
+
+
+def test_best_baseline_is_the_strongest_entry_not_under_study(tmp_path):
+    """``baseline: best`` compares the proposed entries against the highest mean Avg AUC of the others."""
+    recs = _records()
+    weak = []
+    for r in [r for r in recs if r["label"] == "Base"]:
+        w = json.loads(json.dumps(r))
+        w["label"] = "Weak"
+        for c in w["test"]["cells"]:
+            c["auc"] = c["auc"] - 0.05
+        w["test"]["avg_auc"] = w["test"]["avg_auc"] - 0.05
+        weak.append(w)
+    s = summarize(recs + weak, baseline="best", proposed=["Model"])["toy"]
+    assert s.baseline == "Base" and s.best_baseline and s.proposed == ["Model"]
+    direct = summarize(recs + weak, baseline="Base")["toy"]
+    assert s.model("Model").avg_auc.p == pytest.approx(direct.model("Model").avg_auc.p)
+    assert s.model("Model").relaimpr == pytest.approx(direct.model("Model").relaimpr)
+    # without the proposed entry excluded, the strongest row overall is chosen
+    assert summarize(recs + weak, baseline="best")["toy"].baseline == max(
+        direct.models, key=lambda m: m.avg_auc.mean).label
+    assert "the best baseline" in markdown_dataset(s)
+    # the config accepts "best", checks proposed labels, and needs a non-proposed entry
+    assert _cfg(tmp_path, baseline="best", proposed=["MMoE"]).baseline == "best"
+    with pytest.raises(ValueError, match="proposed"):
+        _cfg(tmp_path, baseline="best", proposed=["nope"])

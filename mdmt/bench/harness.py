@@ -130,6 +130,10 @@ class BenchReference(StrictModel):
     note: str = ""
 
 
+#: ``baseline: best``: the strongest entry not under study, per data set (see :class:`BenchConfig`)
+BEST_BASELINE = "best"
+
+
 class BenchConfig(StrictModel):
     """A benchmark grid. Loaded from YAML with :func:`load_bench_config` (unknown keys raise).
 
@@ -143,7 +147,11 @@ class BenchConfig(StrictModel):
             so that one table uses one setting for all its rows (e.g. ``{norm: layernorm}``).
         embedding: the embedding settings of every entry (``model.embedding``: dim, domain
             input, id dropout); an entry's ``embedding`` overrides single fields.
-        baseline: label the RelaImpr column and the paired t-test compare against.
+        baseline: label the RelaImpr column and the paired t-test compare against, or ``"best"``:
+            per data set, the entry with the highest mean test Avg AUC among those not listed in
+            ``proposed`` (the "best baseline" of the papers' tables).
+        proposed: the entries under study (e.g. ``[PEPNet]``): with ``baseline: best`` they are
+            compared against the strongest of the other rows and are never chosen as the baseline.
         seesaw_reference: label of the per-cell reference (e.g. the per-cell MLP) for the seesaw
             heatmap; None draws no heatmap.
         output_dir: where ``cells/``, ``runs/`` and the report go (relative to the working directory).
@@ -163,6 +171,7 @@ class BenchConfig(StrictModel):
     model_defaults: dict[str, Any] = Field(default_factory=dict)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     baseline: str
+    proposed: list[str] = Field(default_factory=list)
     seesaw_reference: str | None = None
     output_dir: str
     reference: BenchReference | None = None
@@ -189,8 +198,13 @@ class BenchConfig(StrictModel):
         for key in self.datasets:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or "__" in key:
                 raise ValueError(f"dataset key {key!r}: use letters, digits, '.', '-' or single '_'")
-        if self.baseline not in labels:
-            raise ValueError(f"baseline {self.baseline!r} is not an entry label; labels: {labels}")
+        if self.baseline != BEST_BASELINE and self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not an entry label nor {BEST_BASELINE!r}; labels: {labels}")
+        unknown = [x for x in self.proposed if x not in labels]
+        if unknown:
+            raise ValueError(f"proposed {unknown} are not entry labels; labels: {labels}")
+        if self.baseline == BEST_BASELINE and not [x for x in labels if x not in self.proposed]:
+            raise ValueError("baseline 'best' needs at least one entry that is not in proposed")
         if self.seesaw_reference is not None and self.seesaw_reference not in labels:
             raise ValueError(f"seesaw_reference {self.seesaw_reference!r} is not an entry label; labels: {labels}")
         if self.reference is not None and self.reference.dataset is not None:
@@ -694,7 +708,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
         from .report import console_tables, grid_records, summarize
 
-        summaries = summarize(grid_records(cfg), cfg.baseline, "test", [e.label for e in cfg.entries])
+        summaries = summarize(grid_records(cfg), cfg.baseline, "test", [e.label for e in cfg.entries], proposed=cfg.proposed)
         con = Console()
         for table in console_tables(summaries):
             con.print(table)

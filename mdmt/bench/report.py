@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .harness import BenchConfig, BenchReference, CellKey, ceiling_cells, machine_line, read_cell, write_json_atomic
+from .harness import BEST_BASELINE, BenchConfig, BenchReference, CellKey, ceiling_cells, machine_line, read_cell, write_json_atomic
 
 __all__ = [
     "Stat",
@@ -185,6 +185,10 @@ class DatasetSummary:
     cells: list[str]
     models: list[ModelSummary]
     baseline: str
+    #: the baseline was chosen as the best entry not under study (``baseline: best``)
+    best_baseline: bool = False
+    #: the entries under study (never the best baseline)
+    proposed: list[str] = field(default_factory=list)
     oracle: dict[str, float] = field(default_factory=dict)
     oracle_avg: float | None = None
     #: the learnable ceiling's AUC per cell (:mod:`mdmt.data.ceiling`); empty when not computed
@@ -234,19 +238,31 @@ def _compare(stat: Stat, base: Stat, higher_is_better: bool = True) -> None:
         stat.sign = 1 if better else -1
 
 
+def _best_note(s: "DatasetSummary") -> str:
+    """How a ``baseline: best`` was chosen, for the table's legend."""
+    if not s.best_baseline:
+        return ""
+    under = f", excluding the entries under study ({', '.join(s.proposed)})" if s.proposed else ""
+    return f" (the best baseline: the highest mean test Avg AUC{under})"
+
+
 def summarize(
     records: Iterable[dict[str, Any]],
     baseline: str,
     split: str = "test",
     label_order: Sequence[str] | None = None,
+    proposed: Sequence[str] = (),
 ) -> dict[str, DatasetSummary]:
     """Aggregate run records into one :class:`DatasetSummary` per data set.
 
     Args:
         records: run records (see :func:`load_records`).
-        baseline: label the RelaImpr and the t-test compare against.
+        baseline: label the RelaImpr and the t-test compare against, or ``"best"``: per data set,
+            the label with the highest mean Avg AUC on ``split`` among those not in ``proposed``
+            (``DatasetSummary.baseline`` then names it and ``best_baseline`` is True).
         split: ``"test"`` (default) or ``"valid"``.
         label_order: row order (default: order of first appearance).
+        proposed: the labels under study, never chosen as the ``"best"`` baseline.
 
     Returns:
         ``{dataset: DatasetSummary}`` in order of first appearance.
@@ -310,22 +326,28 @@ def summarize(
                     avg_gauc=_stat(avg_gauc),
                 )
             )
+        chosen = baseline
+        if baseline == BEST_BASELINE:
+            pool = [m for m in models if m.label not in proposed and math.isfinite(m.avg_auc.mean)]
+            chosen = max(pool, key=lambda m: m.avg_auc.mean).label if pool else baseline
         summary = DatasetSummary(
             dataset=ds,
             split=split,
             cells=cells,
             models=models,
-            baseline=baseline,
+            baseline=chosen,
+            best_baseline=baseline == BEST_BASELINE,
+            proposed=[x for x in proposed if x in by_label],
             oracle={k: _nanmean(v) for k, v in oracle_vals.items()},
             oracle_avg=_nanmean(oracle_avg_vals) if oracle_avg_vals else None,
             rows={k: v[0] for k, v in counts.items()},
             positives={k: v[1] for k, v in counts.items()},
             groups={k: v[2] for k, v in counts.items()},
         )
-        if baseline in by_label:
-            base = summary.model(baseline)
+        if chosen in by_label:
+            base = summary.model(chosen)
             for m in models:
-                if m.label == baseline:
+                if m.label == chosen:
                     continue
                 for name, st in m.cell_auc.items():
                     if name in base.cell_auc:
@@ -455,7 +477,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         out += [f"Data: {data_desc}.", ""]
     out += [
         f"Mean over seeds {', '.join(map(str, seeds))}. AUC and LogLoss in units of 10⁻² "
-        f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**. "
+        f"(75.02 = 0.7502). Baseline for RelaImpr and the paired t-test: **{s.baseline}**{_best_note(s)}. "
         f"{BETTER} / {WORSE}: significantly better / worse than the baseline (two-sided paired t-test over "
         f"seeds, p < {SIG_LEVEL}). Bold: best measured value in the column. — : undefined (a single class "
         f"or no rows in that cell's test rows, or no baseline). Best epoch: the epoch selected on the validation split (1-based), "
@@ -750,7 +772,7 @@ def write_report(
 
     paths: dict[str, Path] = {}
     rows = result_rows(recs)
-    summaries = summarize(recs, cfg.baseline, "test", labels)
+    summaries = summarize(recs, cfg.baseline, "test", labels, proposed=cfg.proposed)
     for ds, s_ in summaries.items():
         if ds in cfg.datasets:
             s_.ceiling = ceiling_cells(cfg, ds)
@@ -920,7 +942,7 @@ def write_benchmarks_md(
             machines.append(machine_line(meta["machine"]))
         cfg = cfg.model_copy(update={"output_dir": str(d)})
         recs = grid_records(cfg)
-        summaries = summarize(recs, cfg.baseline, "test", [e.label for e in cfg.entries])
+        summaries = summarize(recs, cfg.baseline, "test", [e.label for e in cfg.entries], proposed=cfg.proposed)
         images = {}
         for ds in summaries:
             p = d / f"seesaw_{ds}.png"
