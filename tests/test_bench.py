@@ -29,6 +29,7 @@ from mdmt.bench import (
 from mdmt.bench.harness import _validate_models, read_cell, slugify, write_json_atomic
 from mdmt.bench.plots import cell_grid, plot_cell_heatmap, plot_seesaw
 from mdmt.bench.report import (
+    headline,
     markdown_dataset,
     markdown_report,
     seesaw_matrix,
@@ -597,3 +598,21 @@ def test_best_baseline_is_the_strongest_entry_not_under_study(tmp_path):
     assert _cfg(tmp_path, baseline="best", proposed=["MMoE"]).baseline == "best"
     with pytest.raises(ValueError, match="proposed"):
         _cfg(tmp_path, baseline="best", proposed=["nope"])
+
+
+def test_headline_states_wins_ties_and_losses_of_the_proposed_entries():
+    """Model is better than Weak on every cell and seed (a win) and equal in mean to Base' (a tie)."""
+    recs = _records()
+    weak = []
+    for r in [r for r in recs if r["label"] == "Base"]:
+        w = json.loads(json.dumps(r))
+        w["label"] = "Weak"
+        w["test"]["avg_auc"] = w["test"]["avg_auc"] - 0.05 - 0.001 * w["seed"]
+        weak.append(w)
+    s = summarize(recs + weak, baseline="best", proposed=["Model"])["toy"]
+    lines = "\n".join(headline(s))
+    better = next(x for x in lines.splitlines() if "significantly better than" in x)
+    worse = next(x for x in lines.splitlines() if "significantly worse than" in x)
+    assert "Weak" in better and "Base" not in better and worse.endswith("none")
+    assert headline(summarize(recs, baseline="Base")["toy"]) == []
+    assert "**Headline**" in markdown_dataset(s)

@@ -459,6 +459,35 @@ INDICATIVE = "ⁱ"
 WIDE_CELLS = 6
 
 
+def headline(s: DatasetSummary) -> list[str]:
+    """Markdown lines saying plainly, for each entry under study (``proposed``), where it wins,
+    ties or loses on Avg AUC: against every other entry, with the difference of the means, the
+    paired t-test p-value over seeds and both seed standard deviations. Empty without ``proposed``."""
+    if not s.proposed:
+        return []
+    out = ["**Headline** (Avg AUC, units of 10⁻², mean ± seed std; two-sided paired t-test over seeds, "
+           f"p < {SIG_LEVEL} counts as a difference):", ""]
+    others = [m for m in s.models if m.label not in s.proposed]
+    for label in s.proposed:
+        m = s.model(label)
+        wins, ties, losses = [], [], []
+        for o in sorted(others, key=lambda x: -x.avg_auc.mean if math.isfinite(x.avg_auc.mean) else math.inf):
+            st = Stat(m.avg_auc.mean, m.avg_auc.std, m.avg_auc.n, dict(m.avg_auc.values))
+            _compare(st, o.avg_auc)
+            diff = 100 * (m.avg_auc.mean - o.avg_auc.mean)
+            p = "p n/a" if st.p is None else f"p={st.p:.3g}"
+            txt = f"{o.label} ({100 * o.avg_auc.mean:.2f} ± {100 * o.avg_auc.std:.2f}; {diff:+.2f}, {p})"
+            (wins if st.sign > 0 else losses if st.sign < 0 else ties).append(txt)
+        head = f"- **{label}** ({100 * m.avg_auc.mean:.2f} ± {100 * m.avg_auc.std:.2f})"
+        if s.baseline != label and s.baseline in [o.label for o in others]:
+            head += f"; the baseline of the stars is {s.baseline}"
+        out.append(head + ":")
+        out.append(f"  - significantly better than: {'; '.join(wins) if wins else 'none'}")
+        out.append(f"  - no significant difference from: {'; '.join(ties) if ties else 'none'}")
+        out.append(f"  - significantly worse than: {'; '.join(losses) if losses else 'none'}")
+    return out + [""]
+
+
 def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str | None = None) -> str:
     """The papers' layout for one data set.
 
@@ -485,6 +514,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         f"Train samples/s and Train s: median over seeds.",
         "",
     ]
+    out += headline(s)
     few_users = set(s.indicative())
 
     def col(c: str, metric: str) -> str:
