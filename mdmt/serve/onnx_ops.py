@@ -9,12 +9,11 @@ written to ``model.onnx``.
   :class:`~mdmt.layers.DomainSegments`): ONNX ``TopK`` with ``k`` = the whole axis. ONNX specifies
   that ``TopK`` breaks ties by the lower index first, which is exactly a stable sort.
 * ``mdmt::segment_linear`` (:func:`mdmt.layers.segment_linear`): rows ``offsets[g-1]:offsets[g]`` of
-  ``x [N, in]`` times ``weight[g] [in, out]`` plus ``bias[g]``. The graph finds every row's segment
-  ``g(i) = #{g : offsets[g] <= i}`` (empty segments included), multiplies every row by every
-  segment's matrix in one batched ``MatMul`` (``[G, N, out]``) and keeps the row's own segment
-  (``GatherElements``). At scoring time that spends ``G`` times the training kernel's FLOPs on a
-  small ``G`` (domains, or domains × tasks), in exchange for one fixed-shape graph without a loop;
-  every kept value is the same dot product as in PyTorch.
+  ``x [N, in]`` times ``weight[g] [in, out]`` plus ``bias[g]``. The number of segments ``G`` is
+  fixed by the weights' shape (domains, or domains × tasks), so the graph holds ``G`` branches, each
+  a ``Slice`` of the rows by the run-time offsets, one ``MatMul`` and the bias, and ``Concat``\s
+  them: the same per-segment GEMMs as the training kernel, no FLOP on another segment's weights,
+  and an empty segment is a zero-row slice.
 
 Example::
 
@@ -51,21 +50,25 @@ def sort_stable(
 def segment_linear(x: FLOAT, weight: FLOAT, bias: Optional[FLOAT], offsets: INT64) -> FLOAT:
     """``x [N, in]``, ``weight [G, in, out]``, ``bias [G, out]`` or None, ``offsets [G]`` -> ``[N, out]``.
 
-    A segment may be empty (equal consecutive offsets, or a first offset of 0): no row maps to it.
+    ``G`` is fixed when the graph is built (the weights' first dimension); ``N`` and the offsets are
+    not. Segment ``g`` is the row slice ``offsets[g-1]:offsets[g]`` (``0:offsets[0]`` for the first),
+    which may be empty.
     """
-    zero, one = op.Constant(value_ints=[0]), op.Constant(value_ints=[1])
-    n = op.Shape(x, start=0, end=1)  # [1]
-    rows = op.Range(op.Constant(value_int=0), op.Squeeze(n, zero), op.Constant(value_int=1))  # [N]
+    G = weight.shape[0] if weight.shape is not None else None
+    if not isinstance(G, int):
+        raise ValueError(f"mdmt::segment_linear: the number of segments must be static, got {G!r}")
     offsets = op.Cast(offsets, to=INT64.dtype)
-    ends = op.LessOrEqual(op.Unsqueeze(offsets, zero), op.Unsqueeze(rows, one))  # offsets[g] <= i: [N, G]
-    seg = op.ReduceSum(op.Cast(ends, to=INT64.dtype), one, keepdims=False)  # g(i): [N]
-    every = op.MatMul(op.Unsqueeze(x, zero), weight)  # x W_g for every segment g: [G, N, out]
-    out_dim = op.Shape(weight, start=2, end=3)  # [1]
-    index = op.Expand(op.Unsqueeze(seg, op.Constant(value_ints=[0, 2])), op.Concat(one, n, out_dim, axis=0))
-    y = op.Squeeze(op.GatherElements(every, index, axis=0), zero)  # the row's own segment: [N, out]
-    if bias is not None:
-        y = op.Add(y, op.Gather(bias, seg, axis=0))
-    return y
+    zero = op.Constant(value_ints=[0])
+    pieces = []
+    for g in range(G):
+        start = zero if g == 0 else op.Slice(offsets, op.Constant(value_ints=[g - 1]), op.Constant(value_ints=[g]))
+        end = op.Slice(offsets, op.Constant(value_ints=[g]), op.Constant(value_ints=[g + 1]))
+        rows = op.Slice(x, start, end, zero)  # [n_g, in]
+        y = op.MatMul(rows, op.Gather(weight, op.Constant(value_int=g), axis=0))  # [n_g, out]
+        if bias is not None:
+            y = op.Add(y, op.Gather(bias, op.Constant(value_int=g), axis=0))
+        pieces.append(y)
+    return op.Concat(*pieces, axis=0)
 
 
 #: ``{torch op: ONNX translation}`` for ``torch.onnx.export(custom_translation_table=...)``
