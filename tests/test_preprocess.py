@@ -10,7 +10,8 @@ import torch
 import mdmt.data.preprocess as pp
 from mdmt.data.base import DataError, RawData
 from mdmt.data.preprocess import encode, encode_for_scoring, fit_feature_map, prepare, split_frame, validate
-from mdmt.featuremap import FIRST_ID, OOV, FeatureMap
+from mdmt.data.records import RecordEncoder
+from mdmt.featuremap import FIRST_ID, OOV, DenseStats, FeatureMap
 from mdmt.schema import DatasetSpec, DomainSpec, FeatureSpec, SplitSpec, TaskSpec
 
 BATCH_FIELDS = ("sparse", "dense", "domain", "labels", "label_mask", "group")
@@ -402,3 +403,49 @@ def test_float_ids_and_integer_sequences_share_keys():
     assert b.sequences["hist"].tolist() == [[3, 0], [2, 3], [0, 0], [2, 0]]
     ints = encode(frame.with_columns(pl.col("item_id").fill_null(99).cast(pl.Int64, strict=False)), fm)
     assert ints.sparse[:, 0].tolist() == [2, OOV, 3, OOV]  # the integer column finds 10 and 11; 99 is unseen
+
+
+# ---------------------------------------------------------------------------------------------
+# the record encoder (small scoring requests) equals the frame encoder
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", ["standard", "log_standard", "minmax", "none"])
+def test_record_encoder_equals_encode_for_scoring(transform):
+    spec = DatasetSpec(
+        name="t",
+        features=[
+            FeatureSpec(name="user", source="user"),
+            FeatureSpec(name="item", source="item"),
+            FeatureSpec(name="price", kind="dense", source="item", transform=transform),
+            FeatureSpec(name="age", kind="dense", source="user", transform="bucketize", buckets=3),
+            FeatureSpec(name="hist", kind="sequence", vocab="item", max_len=3, behaviour="click"),
+        ],
+        domain=DomainSpec(column="dom", names=["a", "b", "c"], mapping={"a": [1, 2], "b": [3], "c": ["x"]}),
+        tasks=[TaskSpec(name="y", label="y")],
+    )
+    fm = FeatureMap.layout_of(
+        spec, vocabs={"user": ["1", "2", "u7", "007"], "item": ["10", "11", "12"]},
+        dense_stats={"price": DenseStats(mean=2.0, std=3.0, min=-1.0, max=9.0),
+                     "age": DenseStats(boundaries=[20.0, 30.0])},
+    )
+    rows = [
+        {"user": 1, "item": 10, "price": 1.5, "age": 25, "hist": [10, 11, 12, 10], "dom": 1},
+        {"user": "u7", "item": 99, "price": None, "age": None, "hist": [], "dom": "x"},
+        {"user": None, "item": "11", "price": -4, "age": 30.0, "hist": None, "dom": 3},
+        {"user": "007", "item": 12, "price": 1e6, "age": 5, "hist": [99, None, 11], "dom": 2},
+        {"user": 7, "item": "x", "price": 0, "age": 40, "hist": ["12"], "dom": "x"},
+    ]
+    mine = RecordEncoder(fm).encode(rows)
+    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "price": pl.Float64, "age": pl.Float64,
+                                       "hist": pl.List(pl.String), "dom": pl.String})
+    ref = encode_for_scoring(frame, fm, source="rows")
+    for name in ("sparse", "domain"):
+        assert torch.equal(getattr(mine, name), getattr(ref, name)), name
+    torch.testing.assert_close(mine.dense, ref.dense)
+    assert torch.equal(mine.sequences["hist"], ref.sequences["hist"])
+    assert torch.equal(mine.seq_lengths["hist"], ref.seq_lengths["hist"])
+    assert torch.equal(mine.label_mask, ref.label_mask) and not mine.label_mask.any()
+    # and with integer-typed columns, as a JSON client sends them
+    ints = [r | {"user": 1, "item": 10, "dom": 1, "hist": [10, 12]} for r in rows]
+    ref = encode_for_scoring(pl.DataFrame(ints, infer_schema_length=None), fm, source="rows")
+    mine = RecordEncoder(fm).encode(ints)
+    assert torch.equal(mine.sparse, ref.sparse) and torch.equal(mine.sequences["hist"], ref.sequences["hist"])

@@ -15,66 +15,16 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from mdmt.cli import main
-from mdmt.data.preprocess import encode_for_scoring
 from mdmt.data.table import parse_sequences
-from mdmt.featuremap import DenseStats, FeatureMap
-from mdmt.schema import DatasetSpec, DomainSpec, FeatureSpec, TaskSpec
 from mdmt.serve.app import create_app
 from mdmt.serve.engine import open_scorer
-from mdmt.serve.rows import RowEncoder
 
 from .shop import shop_table, write_project
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# the small-request encoder equals the data layer's encoder
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("transform", ["standard", "log_standard", "minmax", "none"])
-def test_row_encoder_equals_encode_for_scoring(transform):
-    spec = DatasetSpec(
-        name="t",
-        features=[
-            FeatureSpec(name="user", source="user"),
-            FeatureSpec(name="item", source="item"),
-            FeatureSpec(name="price", kind="dense", source="item", transform=transform),
-            FeatureSpec(name="age", kind="dense", source="user", transform="bucketize", buckets=3),
-            FeatureSpec(name="hist", kind="sequence", vocab="item", max_len=3, behaviour="click"),
-        ],
-        domain=DomainSpec(column="dom", names=["a", "b", "c"], mapping={"a": [1, 2], "b": [3], "c": ["x"]}),
-        tasks=[TaskSpec(name="y", label="y")],
-    )
-    fm = FeatureMap.layout_of(
-        spec, vocabs={"user": ["1", "2", "u7", "007"], "item": ["10", "11", "12"]},
-        dense_stats={"price": DenseStats(mean=2.0, std=3.0, min=-1.0, max=9.0),
-                     "age": DenseStats(boundaries=[20.0, 30.0])},
-    )
-    rows = [
-        {"user": 1, "item": 10, "price": 1.5, "age": 25, "hist": [10, 11, 12, 10], "dom": 1},
-        {"user": "u7", "item": 99, "price": None, "age": None, "hist": [], "dom": "x"},
-        {"user": None, "item": "11", "price": -4, "age": 30.0, "hist": None, "dom": 3},
-        {"user": "007", "item": 12, "price": 1e6, "age": 5, "hist": [99, None, 11], "dom": 2},
-        {"user": 7, "item": "x", "price": 0, "age": 40, "hist": ["12"], "dom": "x"},
-    ]
-    mine = RowEncoder(fm).encode(rows)
-    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "price": pl.Float64, "age": pl.Float64,
-                                       "hist": pl.List(pl.String), "dom": pl.String})
-    ref = encode_for_scoring(frame, fm, source="rows")
-    for name in ("sparse", "domain"):
-        assert torch.equal(getattr(mine, name), getattr(ref, name)), name
-    torch.testing.assert_close(mine.dense, ref.dense)
-    assert torch.equal(mine.sequences["hist"], ref.sequences["hist"])
-    assert torch.equal(mine.seq_lengths["hist"], ref.seq_lengths["hist"])
-    # and with integer-typed columns, as a JSON client sends them
-    ints = [r | {"user": 1, "item": 10, "dom": 1, "hist": [10, 12]} for r in rows]
-    ref = encode_for_scoring(pl.DataFrame(ints, infer_schema_length=None), fm, source="rows")
-    mine = RowEncoder(fm).encode(ints)
-    assert torch.equal(mine.sparse, ref.sparse) and torch.equal(mine.sequences["hist"], ref.sequences["hist"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ __all__ = [
     "fit_feature_map",
     "encode",
     "encode_for_scoring",
+    "dense_values",
+    "bucket_ids",
+    "domain_lookup",
     "prepare",
     "batch_to_arrow",
     "batch_from_arrow",
@@ -196,7 +199,7 @@ def _check_labels(frame: pl.DataFrame, spec: DatasetSpec, source: str, required:
             )
 
 
-def _domain_lookup(spec: DatasetSpec) -> dict[str, int]:
+def domain_lookup(spec: DatasetSpec) -> dict[str, int]:
     """Raw value (as a string) -> domain index, after ``DomainSpec.mapping``."""
     names = spec.domain.names
     mapping = spec.domain.mapping or {}
@@ -221,7 +224,7 @@ def _as_key_strings(s: pl.Series) -> pl.Series:
 def _encode_domain(frame: pl.DataFrame, spec: DatasetSpec, source: str) -> np.ndarray:
     """``[N]`` int64 domain indices; unknown or null values raise a DataError naming the row."""
     col = spec.domain.column
-    lookup = _domain_lookup(spec)
+    lookup = domain_lookup(spec)
     keys = _as_key_strings(frame[col])
     codes = keys.replace_strict(
         pl.Series(list(lookup.keys()), dtype=pl.String),
@@ -515,30 +518,39 @@ class _VocabIndex:
         return s.replace_strict(old, new, default=OOV, return_dtype=pl.Int64).fill_null(OOV)
 
 
-def _dense_values(s: pl.Series, f: FeatureSpec, st: DenseStats) -> np.ndarray:
-    """``[N]`` float32 normalised values; missing / non-finite -> the train mean, transformed."""
-    x = s.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+def dense_values(x: np.ndarray, transform: str, st: DenseStats) -> np.ndarray:
+    """``[N]`` float32 raw values normalised with the train statistics ``st`` (``transform`` of the
+    feature); missing / non-finite -> the train mean, transformed. The one formula of every encoder
+    (frames here, records in :mod:`mdmt.data.records`)."""
+    x = np.asarray(x, dtype=np.float64)
     missing = ~np.isfinite(x)
-    if f.transform == "standard":
+    if transform == "standard":
         y, fill = (x - st.mean) / st.std, 0.0
-    elif f.transform == "log_standard":
+    elif transform == "log_standard":
         with np.errstate(invalid="ignore"):
             y = (np.log1p(np.maximum(x, 0.0)) - st.mean) / st.std
         fill = 0.0
-    elif f.transform == "minmax":
+    elif transform == "minmax":
         rng = (st.max - st.min) or 1.0
         y, fill = (x - st.min) / rng, (st.mean - st.min) / rng
     else:  # none
-        y, fill = x, st.mean
+        y, fill = x.copy(), st.mean
     y[missing] = fill
     return y.astype(np.float32)
 
 
-def _bucket_ids(s: pl.Series, st: DenseStats) -> np.ndarray:
-    x = s.cast(pl.Float64).to_numpy()
+def bucket_ids(x: np.ndarray, st: DenseStats) -> np.ndarray:
+    """``[N]`` int64 ids of a bucketised dense feature: ``2 + bucket`` by the train quantile
+    boundaries, missing / non-finite -> OOV."""
+    x = np.asarray(x, dtype=np.float64)
     ids = FIRST_ID + np.searchsorted(np.asarray(st.boundaries, dtype=np.float64), x, side="right")
     ids[~np.isfinite(x)] = OOV
     return ids.astype(np.int64)
+
+
+def _floats(s: pl.Series) -> np.ndarray:
+    """A numeric column as float64, null -> NaN."""
+    return s.cast(pl.Float64).to_numpy()
 
 
 def _encode_sequence(s: pl.Series, max_len: int, index: _VocabIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -602,13 +614,13 @@ def encode(frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require
         f = spec.feature(name)
         s = frame[f.raw_column]
         if f.kind == "dense":  # bucketised
-            sparse[:, j] = _bucket_ids(s, fm.dense_stats[name])
+            sparse[:, j] = bucket_ids(_floats(s), fm.dense_stats[name])
         else:
             sparse[:, j] = indices[f.vocab_name](s).to_numpy()
     dense = np.empty((n, len(fm.dense)), dtype=np.float32)
     for j, name in enumerate(fm.dense):
         f = spec.feature(name)
-        dense[:, j] = _dense_values(frame[f.raw_column], f, fm.dense_stats[name])
+        dense[:, j] = dense_values(_floats(frame[f.raw_column]), f.transform, fm.dense_stats[name])
     seqs: dict[str, torch.Tensor] = {}
     lens: dict[str, torch.Tensor] = {}
     for name in fm.sequences:

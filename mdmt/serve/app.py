@@ -34,13 +34,17 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ..data.base import DataError
+from ..data.records import RecordEncoder
 from . import ServeError
 from .engine import Scorer, open_scorer
-from .rows import RowEncoder, request_model
+from .rows import request_model
 
 __all__ = ["create_app", "serve", "bind"]
 
 log = logging.getLogger("mdmt.serve")
+#: requests up to this many rows are encoded by the record encoder (no Polars query overhead), larger
+#: ones by the frame encoder; both give the same batch
+RECORD_ROWS = 256
 
 
 def _errors(err: ValidationError) -> list[dict[str, Any]]:
@@ -96,7 +100,7 @@ def create_app(scorer: Scorer, max_rows: int = 10_000, max_bytes: int = 8 * 2**2
 
     fm = scorer.feature_map
     Request_ = request_model(fm.spec)
-    encoder = RowEncoder(fm)
+    encoder = RecordEncoder(fm)
     tasks = fm.spec.task_names
     metadata = _metadata(scorer, max_rows, max_bytes)
     app = FastAPI(title="mdmt scoring service", version=str(metadata.get("versions", {}).get("mdmt", "")),
@@ -142,7 +146,7 @@ def create_app(scorer: Scorer, max_rows: int = 10_000, max_bytes: int = 8 * 2**2
             return fail(422, _describe(errors[0]), errors)
         t1 = time.perf_counter()
         try:
-            if len(rows) <= encoder.max_rows:
+            if len(rows) <= RECORD_ROWS:
                 batch = encoder.encode(rows)
             else:
                 import polars as pl

@@ -22,6 +22,9 @@ the unit that owns the row's domain and the task (``torch.where`` on a domain ma
 :meth:`mdmt.train.run.LoadedRun.predict` routes rows. Cells of a skipped unit are NaN.
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (``torch.export`` then the ONNX translation).
+Two operators have no standard translation and get one from :mod:`mdmt.serve.onnx_ops`: the
+stable sort of rows by domain and the segment GEMM (``mdmt::segment_linear``) of the models that
+route every row through its own domain's weights (``m3oe``, ``m2m``).
 The legacy TorchScript tracer is not used: on this code base it exported at least one model
 (``star``) to a graph that silently disagreed with PyTorch. Every export is checked before it is
 written: onnxruntime and PyTorch score a probe batch of another size and must agree to 1e-5.
@@ -220,6 +223,8 @@ def export_module(module: ScoringModule, path: str | Path, opset: int = OPSET, c
     """
     import onnxruntime as ort
 
+    from .onnx_ops import TRANSLATIONS
+
     fm = module.fm
     module = module.eval()
     name = ",".join(sorted({type(m).__name__ for m in module.units})) or "no model"
@@ -231,6 +236,7 @@ def export_module(module: ScoringModule, path: str | Path, opset: int = OPSET, c
             torch.onnx.export(
                 module, example, str(path), input_names=names, output_names=["probs"], opset_version=opset,
                 dynamo=True, dynamic_shapes=(tuple({0: batch_dim} for _ in names),), external_data=False,
+                custom_translation_table=TRANSLATIONS,
             )
     except Exception as err:  # the exporter raises many types; the model's name is what the user needs
         raise ServeError(f"model {name} cannot be exported to ONNX: {_summary(err)}") from err
