@@ -195,6 +195,20 @@ def calibrate(preset: str, cfg: SyntheticConfig, epochs: int, baseline: str, see
                 near_base += runs != [] and not _nan(b) and abs(b - paper) <= TOLERANCE
             lines.append(row)
     goal = GOAL_NEAR.get(preset, total)
+    # expected test positives of a cell: rate x rows x the domain's share x the test days' share
+    share = raw.meta["instance_share"]
+    test_share = p.split_days[2] / sum(p.split_days)
+    expected = {(d, t): p.rates[d][t] * cfg.rows * share[d] * test_share for d in p.domains for t in p.tasks}
+    sparsest = min(expected, key=expected.get)
+    rows_needed = math.ceil(MIN_TEST_POSITIVES / (expected[sparsest] / cfg.rows) / 1e5) * 1e5
+    size_note = (f"**Bench size.** The sparsest cell ({sparsest[0]} {sparsest[1]}, rate {_pct(p.rates[sparsest[0]][sparsest[1]])} %) "
+                 f"expects {expected[sparsest]:.0f} test positives at {cfg.rows:,} rows (test = the last "
+                 f"{p.split_days[2]} of {sum(p.split_days)} days); {MIN_TEST_POSITIVES} in every cell needs about "
+                 f"{rows_needed / 1e6:.1f}M rows ({rows_needed / cfg.rows:.1f}× this size).")
+    if runs:
+        size_note += (f" Training time grows about linearly with the rows: {name} took {train_s / len(seeds) / 60:.1f} min "
+                      f"per seed here, so about {train_s / len(seeds) / 60 * rows_needed / cfg.rows:.0f} min per seed and "
+                      "model at that size.")
     lines += ["", f"Cells whose learnable ceiling is within ±{TOLERANCE} of the paper's baseline: {near_ceil} of {total}."]
     if runs:
         gap = statistics.fmean(gaps)
@@ -225,7 +239,7 @@ def calibrate(preset: str, cfg: SyntheticConfig, epochs: int, baseline: str, see
                 f"difference in average AUC between two models compared over the same {len(avg)} seeds "
                 f"(5 % two-sided, 80 % power: {MDD_Z:.2f} · std · √(2/{len(avg)})) is {mdd:.4f}.",
             ]
-    lines.append("")
+    lines += ["", size_note, ""]
     return "\n".join(lines)
 
 
