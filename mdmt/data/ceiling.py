@@ -42,7 +42,7 @@ from torch import nn
 from ..metrics import auc
 from .base import RawData
 from .preprocess import split_frame
-from .synthetic import SyntheticConfig, prehistory_log
+from .synthetic import PRESETS, SyntheticConfig, prehistory_log
 
 __all__ = ["CeilingResult", "learnable_ceiling"]
 
@@ -67,7 +67,8 @@ class CeilingResult:
 class _GeneratorForm(nn.Module):
     """The generator's logit (module docstring) with learnable values. Inputs are ``[B]`` codes."""
 
-    def __init__(self, n_users: int, n_items: int, n_dom: int, n_task: int, n_cat: int, n_auth: int, k: int) -> None:
+    def __init__(self, n_users: int, n_items: int, n_dom: int, n_task: int, n_cat: int, n_auth: int, k: int,
+                 user_sd: float = 0.8, item_sd: float = 0.6) -> None:
         super().__init__()
         self.k = k
 
@@ -92,7 +93,7 @@ class _GeneratorForm(nn.Module):
         self.offset = nn.Parameter(torch.zeros(n_dom, n_task))
         #: (module, prior sd): the L2 penalty of each random term, at the generator's scales
         self.priors = [
-            (self.user_res, 0.8), (self.item_res, 0.6), (self.user_bias, 0.35), (self.item_bias, 0.5),
+            (self.user_res, user_sd), (self.item_res, item_sd), (self.user_bias, 0.35), (self.item_bias, 0.5),
             (self.user_task, 0.5), (self.item_task, 0.5), (self.dom_cat, 0.3),
             (self.gender, 0.5), (self.age, 0.5), (self.cat, 0.8), (self.author, 1.0),
         ]  # fmt: skip
@@ -172,6 +173,7 @@ def learnable_ceiling(
         n_users=len(log["user_gender"]), n_items=len(log["item_category"]), n_dom=len(raw.spec.domain_names),
         n_task=len(raw.spec.task_names), n_cat=int(log["item_category"].max()) + 1,
         n_auth=int(log["item_author"].max()) + 1, k=k,
+        user_sd=PRESETS[cfg.preset].user_factor_sd, item_sd=PRESETS[cfg.preset].item_factor_sd,
     )  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tx = {k_: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k_, v in x_fit.items()}
