@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
@@ -330,10 +331,44 @@ class EmbeddingCollection(nn.Module):
                 out[key] = emb * (ids != PAD).unsqueeze(-1).to(emb.dtype)
         return out
 
+    def pool(self, table: str, ids: Tensor, lengths: Tensor, domain: Tensor) -> Tensor:
+        """Mean of a sequence's embeddings over its true length: ``ids`` ``[B, L]`` -> ``[B, dim]``.
+
+        ``pooled_b = Σ_l w_bl · e(ids_bl)`` with ``w_bl = [ids_bl ≠ PAD] / max(len_b, 1)``: padded
+        positions weigh 0 (and get no gradient), an empty sequence pools to the zero vector. This
+        equals the masked mean of :meth:`forward`'s ``[B, L, dim]`` output, without making it.
+
+        In PyTorch it is one ``embedding_bag`` (sum mode with the weights ``w``): gather and
+        weighted sum in one pass, forward and backward. While exporting (``torch.export``, ONNX) it
+        is a gather and a batched ``[1, L] @ [L, dim]`` product: the ONNX translation of
+        ``embedding_bag`` is a loop over the bags, far slower in onnxruntime.
+        """
+        weight = self.table(table).weight
+        w = (ids != PAD).to(weight.dtype) / lengths.clamp(min=1).to(weight.dtype).unsqueeze(-1)  # [B, L]
+        if self._per_domain[table]:
+            ids = ids + (domain * self._rows[table]).unsqueeze(-1)
+        if torch.compiler.is_exporting():
+            emb = weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])  # [B, L, dim]
+            return torch.matmul(w.unsqueeze(1), emb).squeeze(1)
+        return F.embedding_bag(ids, weight, mode="sum", per_sample_weights=w)
+
     def pooled(self, batch: Batch, emb: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Like :meth:`forward`, with each sequence mean-pooled over its true length -> ``[B, dim]``."""
-        emb = self.forward(batch) if emb is None else emb
-        out = {}
+        """Like :meth:`forward`, with each sequence mean-pooled over its true length -> ``[B, dim]``.
+
+        Without ``emb`` the sequences are pooled by :meth:`pool` (no ``[B, L, dim]`` tensor is
+        made); with ``emb`` (the output of :meth:`forward`) they are pooled from it.
+        """
+        out: dict[str, Tensor] = {}
+        if emb is None:
+            sparse = self.drop_ids(batch.sparse)
+            for key, feat, table, kind, col in self._lookups:
+                if kind == "sparse":
+                    out[key] = self._lookup(table, sparse[:, col], batch.domain)
+                else:
+                    out[key] = self.pool(table, batch.sequences[feat], batch.seq_lengths[feat], batch.domain)
+            if self.domain_table is not None:
+                out[DOMAIN_KEY] = self.domain_table.weight.index_select(0, batch.domain)
+            return out
         for key, feat, _, kind, _ in self._lookups:
             if kind == "sequence":
                 length = batch.seq_lengths[feat].clamp(min=1).to(emb[key].dtype).unsqueeze(-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from mdmt.config import ExperimentConfig
 from mdmt.embeddings import DOMAIN_KEY, EmbeddingCollection, EmbeddingConfig
@@ -213,3 +214,93 @@ def test_named_features_with_a_learned_dense_projection():
         EmbeddingCollection(spec, fm).features(batch, ["price"])
     with pytest.raises(KeyError, match="no feature named 'nope'"):
         emb.use(["nope"])
+
+
+# ---- sequence pooling (EmbeddingCollection.pool) ------------------------------------------------
+def _pooling_batch(per_domain: bool):
+    """A tiny collection and a batch whose sequences hold empty rows, OOV ids and full rows."""
+    spec, fm = make_tiny()
+    torch.manual_seed(0)
+    emb = EmbeddingCollection(spec, fm, cfg=EmbeddingConfig(per_domain=per_domain))
+    batch = make_batch(spec, fm, size=9, seed=3)
+    ids, ln = batch.sequences["hist_item"], batch.seq_lengths["hist_item"]
+    L = ids.shape[1]
+    ln[:3] = torch.tensor([0, L, 2])
+    ids[:3] = 0
+    ids[1] = torch.tensor([OOV, 2, OOV, 5, 7])  # a full row with unseen ids
+    ids[2, :2] = torch.tensor([OOV, 4])
+    return emb, batch
+
+
+def _direct_masked_mean(emb: EmbeddingCollection, batch) -> Tensor:
+    """The pooled sequence recomputed row by row: Σ_{l: id_l ≠ PAD} W[id_l (+ domain block)] / max(len, 1)."""
+    table = emb.table("item_id").weight
+    rows = table.shape[0] // (emb.num_domains if emb._per_domain["item_id"] else 1)
+    ids, ln = batch.sequences["hist_item"], batch.seq_lengths["hist_item"]
+    out = []
+    for b in range(ids.shape[0]):
+        offset = int(batch.domain[b]) * rows if emb._per_domain["item_id"] else 0
+        acc = torch.zeros(table.shape[1])
+        for i in ids[b].tolist():
+            if i != PAD:
+                acc = acc + table[i + offset]
+        out.append(acc / max(int(ln[b]), 1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("per_domain", [False, True])
+def test_sequence_pooling_is_the_masked_mean(per_domain):
+    emb, batch = _pooling_batch(per_domain)
+    key = emb.feature_keys("hist_item")[0]
+    pooled = emb.pooled(batch)[key]
+    want = _direct_masked_mean(emb, batch)
+    assert torch.allclose(pooled, want, atol=1e-7)
+    assert torch.equal(pooled[0], torch.zeros_like(pooled[0]))  # an empty sequence pools to zero
+    # the same as pooling forward()'s per-position embeddings
+    assert torch.allclose(pooled, emb.pooled(batch, emb(batch))[key], atol=1e-7)
+    # the other keys are forward()'s
+    full = emb(batch)
+    for k in emb.keys:
+        if k != key:
+            assert torch.equal(emb.pooled(batch)[k], full[k])
+
+
+@pytest.mark.parametrize("per_domain", [False, True])
+def test_sequence_pooling_gradients_equal_the_direct_formula(per_domain):
+    emb, batch = _pooling_batch(per_domain)
+    key = emb.feature_keys("hist_item")[0]
+    table = emb.table("item_id").weight
+    r = torch.randn(len(batch), table.shape[1])
+    (emb.pooled(batch)[key] * r).sum().backward()
+    got = table.grad.clone()
+    table.grad = None
+    (_direct_masked_mean(emb, batch) * r).sum().backward()
+    assert torch.allclose(got, table.grad, atol=1e-7)
+    rows = table.shape[0] // (emb.num_domains if per_domain else 1)
+    assert torch.equal(got[PAD::rows], torch.zeros_like(got[PAD::rows]))  # padding rows get no gradient
+    for b in (1, 2):  # the OOV row of the row's domain block does
+        block = int(batch.domain[b]) if per_domain else 0
+        assert got[block * rows + OOV].abs().sum() > 0
+
+
+def test_sequence_pooling_exports_without_embedding_bag():
+    """torch.export (and so the ONNX export) takes the gather-and-product form, with equal values."""
+    emb, batch = _pooling_batch(per_domain=True)
+    emb.eval()
+
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = emb
+
+        def forward(self, ids: Tensor, lengths: Tensor, domain: Tensor) -> Tensor:
+            return self.emb.pool("item_id", ids, lengths, domain)
+
+    args = (batch.sequences["hist_item"], batch.seq_lengths["hist_item"], batch.domain)
+    dim = torch.export.Dim("batch", min=1)
+    program = torch.export.export(Pool(), args, dynamic_shapes=({0: dim}, {0: dim}, {0: dim}))
+    assert "embedding_bag" not in str(program.graph)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(*args), Pool()(*args), atol=1e-6)
+        three = tuple(a[:3] for a in args)
+        assert torch.allclose(program.module()(*three), _direct_masked_mean(emb, batch.slice(0, 3)), atol=1e-6)
