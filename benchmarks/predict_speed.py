@@ -88,11 +88,14 @@ def measure(scorer, path: Path, out: Path, chunk_rows: int, repeats: int) -> dic
     best: dict[str, float] | None = None
     for _ in range(repeats):
         parts: list[ChunkStats] = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = score_file(scorer, path, out, chunk_rows=chunk_rows, on_chunk=parts.append)
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
         res = {
             "rows": n, "seconds": total, "rows_per_s": n / total, "chunks": len(parts),
+            # CPU seconds of every thread of the process: rows per CPU second hardly depends on
+            # what else runs on the machine (the wall clock does)
+            "cpu_s": cpu, "rows_per_cpu_s": n / cpu,
             "read_s": sum(p.read_s for p in parts), "encode_s": sum(p.encode_s for p in parts),
             "model_s": sum(p.score_s for p in parts), "write_s": sum(p.write_s for p in parts),
         }
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = measure(scorer, src, tmp / "scores.parquet", args.chunk_rows, args.repeats)
                 r.update(engine=engine, input=fmt)
                 results.append(r)
-                print(f"{engine:5s} {fmt:7s} {r['rows_per_s']:>12,.0f} rows/s  ({r['rows']:,} rows in {r['seconds']:.2f} s: "
+                print(f"{engine:5s} {fmt:7s} {r['rows_per_s']:>12,.0f} rows/s, {r['rows_per_cpu_s']:>10,.0f} rows per CPU s  "
+                      f"({r['rows']:,} rows in {r['seconds']:.2f} s: "
                       f"read {r['read_s']:.2f}, encode {r['encode_s']:.2f}, model {r['model_s']:.2f}, "
                       f"write {r['write_s']:.2f})")
     m = describe()

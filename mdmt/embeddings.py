@@ -100,6 +100,29 @@ def id_dropout_features(spec: DatasetSpec, feature_map: FeatureMap, cfg: Embeddi
     ]
 
 
+class _WeightedBag(torch.autograd.Function):
+    """``out_b = Σ_l w_bl · weight[ids_bl]``: ``ids``, ``w`` ``[B, L]`` -> ``[B, dim]``.
+
+    Forward: ``embedding_bag`` in sum mode with per-sample weights, one pass with no ``[B, L, dim]``
+    tensor. Backward: ``grad_weight[ids_bl] += w_bl · grad_out_b`` with one ``index_add_``, about
+    half the time of ``embedding_bag``'s own CPU backward (a sort of the ids, then a reduction).
+    ``w`` is data (from the ids and lengths) and gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor, w: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids, w)
+        ctx.rows = weight.shape[0]
+        return F.embedding_bag(ids, weight, mode="sum", per_sample_weights=w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        ids, w = ctx.saved_tensors
+        per_id = (w.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[-1])  # w_bl · grad_out_b
+        out = grad.new_zeros(ctx.rows, grad.shape[-1])
+        return out.index_add_(0, ids.reshape(-1), per_id), None, None
+
+
 def _module_key(table: str) -> str:
     """A ``ModuleDict`` key for any table name: prefixed, so ``items``/``keys``/``update`` never meet
     ``ModuleDict``'s own attributes, with ``%`` and ``.`` escaped (one-to-one)."""
@@ -339,7 +362,7 @@ class EmbeddingCollection(nn.Module):
         equals the masked mean of :meth:`forward`'s ``[B, L, dim]`` output, without making it.
 
         In PyTorch it is one ``embedding_bag`` (sum mode with the weights ``w``): gather and
-        weighted sum in one pass, forward and backward. While exporting (``torch.export``, ONNX) it
+        weighted sum in one pass, its backward one scatter-add (:class:`_WeightedBag`). While exporting (``torch.export``, ONNX) it
         is a gather and a batched ``[1, L] @ [L, dim]`` product: the ONNX translation of
         ``embedding_bag`` is a loop over the bags, far slower in onnxruntime.
         """
@@ -350,7 +373,7 @@ class EmbeddingCollection(nn.Module):
         if torch.compiler.is_exporting():
             emb = weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])  # [B, L, dim]
             return torch.matmul(w.unsqueeze(1), emb).squeeze(1)
-        return F.embedding_bag(ids, weight, mode="sum", per_sample_weights=w)
+        return _WeightedBag.apply(weight, ids, w)
 
     def pooled(self, batch: Batch, emb: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Like :meth:`forward`, with each sequence mean-pooled over its true length -> ``[B, dim]``.

@@ -51,6 +51,7 @@ __all__ = [
     "StarLinear",
     "stop_gradient",
     "tap",
+    "short_softmax",
     "masked_softmax",
     "MultiHeadAttention",
     "MultiHeadSelfAttention",
@@ -319,11 +320,12 @@ class Gate(nn.Module):
 
     def weights(self, x: Tensor) -> Tensor:
         """Softmax weights ``[B, G, E]``."""
-        if x.dim() == 2:
-            z = torch.einsum("bi,gie->bge", x, self.weight)
+        G, din, E = self.weight.shape
+        if x.dim() == 2:  # one selector input for every gate: one GEMM against [in, G*E]
+            z = torch.addmm(self.bias.reshape(-1), x, self.weight.permute(1, 0, 2).reshape(din, G * E)).view(-1, G, E)
         else:
-            z = torch.einsum("bgi,gie->bge", x, self.weight)
-        return torch.softmax(z + self.bias, dim=-1)
+            z = torch.einsum("bgi,gie->bge", x, self.weight) + self.bias
+        return short_softmax(z)
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         w = self.weights(x)
@@ -563,6 +565,16 @@ def stop_gradient(x: Tensor, name: str | None = None) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Attention: multi-head (self-)attention, target attention, a post-LN Transformer layer
 # ---------------------------------------------------------------------------------------------
+def short_softmax(z: Tensor) -> Tensor:
+    """Softmax over a short last dimension (a few experts): ``exp(z - max) / Σ exp(z - max)``.
+
+    The same values as ``torch.softmax(z, -1)``, several times faster on CPU when the last
+    dimension is only a few entries wide (the library kernel vectorises along that dimension).
+    """
+    e = (z - z.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
     """Softmax over ``dim`` restricted to the positions where ``mask`` is True.
 

@@ -20,6 +20,7 @@ from mdmt.layers import (
     StarLinear,
     domain_select,
     fm_bi_interaction,
+    short_softmax,
 )
 from mdmt.models.backbones import BackboneConfig, build_backbone
 from mdmt.models.ple import CGCLevel
@@ -159,6 +160,19 @@ def test_gate_is_softmax_weighted_sum_of_experts():
     for g in range(G):
         p = torch.softmax(xg[:, g] @ gate.weight[g] + gate.bias[g], dim=-1)
         assert torch.allclose(out[:, g], torch.einsum("be,beh->bh", p, eg[:, g]), atol=1e-6)
+
+
+def test_short_softmax_equals_softmax_and_its_gradient():
+    z = torch.randn(5, 3, 4, generator=_g()) * 30 + torch.tensor([0.0, 500.0, -500.0, 88.0])  # exp would overflow
+    z.requires_grad_(True)
+    got = short_softmax(z)
+    want = torch.softmax(z.detach(), dim=-1)
+    assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-6)
+    r = torch.randn(5, 3, 4, generator=_g(1))
+    (got * r).sum().backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    (torch.softmax(z2, dim=-1) * r).sum().backward()
+    assert torch.allclose(z.grad, z2.grad, atol=1e-6)
 
 
 def test_cgc_level_task_gates_fuse_own_and_shared_experts():
