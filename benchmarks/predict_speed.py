@@ -9,7 +9,8 @@ Steps, in one process:
    Parquet (and as CSV with ``--csv``);
 3. ``mdmt export`` of the run;
 4. :func:`mdmt.serve.score.score_file` (what ``mdmt predict`` runs) with ``--engine torch`` on the
-   run and ``--engine onnx`` on the export, ``--threads`` intra-op threads, ``--chunk-rows`` per
+   run and ``--engine onnx`` on the export, ``--threads`` intra-op threads (default: what
+   ``mdmt predict`` picks, the cores but one; a comma list times each), ``--chunk-rows`` per
    chunk: best of ``--repeats`` passes, with the time split into reading, encoding, the model and
    writing.
 
@@ -46,7 +47,7 @@ from mdmt.cli import _load_experiment, _packaged_config  # noqa: E402
 from mdmt.data import load_raw  # noqa: E402
 from mdmt.serve.engine import open_scorer  # noqa: E402
 from mdmt.serve.export import export_run  # noqa: E402
-from mdmt.serve.score import ChunkStats, raw_columns, score_file  # noqa: E402
+from mdmt.serve.score import ChunkStats, default_threads, raw_columns, score_file  # noqa: E402
 from mdmt.train.run import run_experiment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,14 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-rows", type=int, default=100_000, help="rows of the demo run trained first")
     ap.add_argument("--run-dir", default=None, help="a finished demo run (skip training)")
     ap.add_argument("--model", default="mmoe", help="registered model trained on the demo schema (default mmoe)")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both engines (default 2)")
+    ap.add_argument("--threads", default=None,
+                    help="intra-op threads of both engines, or a comma list to time each (default: as mdmt predict, "
+                         "the cores but one)")
     ap.add_argument("--chunk-rows", type=int, default=65_536)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--csv", action="store_true", help="also time a CSV input")
     ap.add_argument("--out", default=str(RESULTS / "predict_speed.json"))
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [default_threads()]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mdmt-predict-speed-") as tmp_name:
         tmp = Path(tmp_name)
@@ -127,21 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = export_run(run_dir, tmp / "export")
         results = []
         model_name = json.loads((export_dir / "manifest.json").read_text())["model"]
-        for engine, path in (("torch", run_dir), ("onnx", export_dir)):
-            scorer = open_scorer(path, engine=engine, threads=args.threads)
+        runs = [(engine, path, n) for engine, path in (("torch", run_dir), ("onnx", export_dir)) for n in threads]
+        for engine, path, n_threads in runs:
+            scorer = open_scorer(path, engine=engine, threads=n_threads)
             for fmt, src in files.items():
                 r = measure(scorer, src, tmp / "scores.parquet", args.chunk_rows, args.repeats)
-                r.update(engine=engine, input=fmt)
+                r.update(engine=engine, input=fmt, threads=n_threads)
                 results.append(r)
-                print(f"{engine:5s} {fmt:7s} {r['rows_per_s']:>12,.0f} rows/s, {r['rows_per_cpu_s']:>10,.0f} rows per CPU s  "
-                      f"({r['rows']:,} rows in {r['seconds']:.2f} s: "
+                print(f"{engine:5s} {n_threads} thread(s) {fmt:7s} {r['rows_per_s']:>10,.0f} rows/s, "
+                      f"{r['rows_per_cpu_s']:>10,.0f} rows per CPU s ({r['rows']:,} rows in {r['seconds']:.2f} s: "
                       f"read {r['read_s']:.2f}, encode {r['encode_s']:.2f}, model {r['model_s']:.2f}, "
                       f"write {r['write_s']:.2f})")
     m = describe()
     out = {
         "benchmark": "predict_speed",
         "model": model_name, "schema": "demo (synthetic douyin preset)", "rows": args.rows,
-        "threads": args.threads, "chunk_rows": args.chunk_rows, "target_rows_per_s": 200_000,
+        "threads": threads, "cores": len(os.sched_getaffinity(0)), "chunk_rows": args.chunk_rows, "target_rows_per_s": 200_000,
         "machine": m, "machine_line": describe_line(m), "results": results,
         # other processes on the same cores slow every figure down; the 1-minute load average says how busy it was
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},

@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .serve.engine import open_scorer
-    from .serve.score import score_file
+    from .serve.score import default_threads, score_file
 
     out = Path(args.out)
     if out.is_dir():
@@ -143,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     src = Path(args.input)
     if not src.exists():
         raise UsageError(f"input file {src} not found")
-    scorer = open_scorer(args.run_dir, engine=args.engine, threads=args.threads)
+    scorer = open_scorer(args.run_dir, engine=args.engine, threads=args.threads or default_threads())
     task_cols = [f"{args.score_prefix}{t}" for t in scorer.tasks]
     clash = [c for c in args.keep or [] if c in task_cols]
     if clash:
@@ -304,7 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["torch", "onnx"], default=None,
                    help="scoring engine (default: torch for a run directory, onnx for an export folder)")
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read, encoded and scored at a time (default 65536)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the engine")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of the engine (default: the cores but one, which reads and encodes)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a trained run to a self-contained ONNX folder", formatter_class=fmt,

@@ -62,6 +62,25 @@ def test_bad_row_is_named_by_its_row_in_the_file_and_leaves_no_output(shop, tmp_
     assert not out.exists() and list(tmp_path.glob(".*part")) == []
 
 
+def test_an_error_while_writing_stops_scoring_and_leaves_no_output(shop, tmp_path):
+    """Chunks are written by a background thread; its error surfaces in the caller, nothing is left behind."""
+    _, run_dir = shop
+    src = tmp_path / "rows.csv"
+    shop_table(1000, seed=8).write_csv(src)
+    seen: list[int] = []
+
+    def fail_on_third(stats: ChunkStats) -> None:
+        seen.append(stats.first_row)
+        if stats.first_row == 256:
+            raise OSError("no space left on device")
+
+    out = tmp_path / "s.parquet"
+    with pytest.raises(OSError, match="no space left"):
+        score_file(open_scorer(run_dir), src, out, chunk_rows=128, on_chunk=fail_on_third)
+    assert seen == [0, 128, 256]  # in order, and no chunk written after the error
+    assert not out.exists() and list(tmp_path.glob(".*part")) == []
+
+
 def test_a_late_non_integer_id_in_a_csv_scores_via_oov(shop, tmp_path):
     """Ids are read as text, so an id that is not a number far into the file (past any type
     inference) neither breaks the stream nor matches a known id."""

@@ -586,7 +586,9 @@ def _encode_group(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
     return np.array(r.fill_null(-1).to_numpy(), dtype=np.int64)
 
 
-def encode(frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require_labels: bool = True) -> Batch:
+def encode(
+    frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require_labels: bool = True, groups: bool = True
+) -> Batch:
     """Encode a raw frame with a fitted feature map into a :class:`Batch` (``N`` rows).
 
     * sparse ids -> ``[N, F]`` int64: known ids 2.., unseen or null ids -> OOV (1);
@@ -600,7 +602,8 @@ def encode(frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require
       the task is not observed in the row's domain (``TaskSpec.domains``); labels are 0 there.
     * group ``[N]`` int64: the raw group column factorised over this frame (sorted values), or -1.
 
-    With ``require_labels=False`` missing label columns give all-masked tasks (scoring).
+    With ``require_labels=False`` missing label columns give all-masked tasks (scoring); with
+    ``groups=False`` every group is -1.
     """
     spec = fm.spec
     _check_columns(frame, _required_columns(spec, labels=require_labels, split=False), source)
@@ -647,15 +650,16 @@ def encode(frame: pl.DataFrame, fm: FeatureMap, source: str = "<frame>", require
         domain=torch.from_numpy(domain),
         labels=torch.from_numpy(labels),
         label_mask=torch.from_numpy(mask),
-        group=torch.from_numpy(_encode_group(frame, spec)),
+        group=torch.from_numpy(_encode_group(frame, spec) if groups else np.full(n, -1, dtype=np.int64)),
         sequences=seqs,
         seq_lengths=lens,
     )
 
 
 def encode_for_scoring(frame: pl.DataFrame, fm: FeatureMap, source: str) -> Batch:
-    """Encode rows to score (``mdmt predict``): labels are optional (all-masked when absent)."""
-    return encode(frame, fm, source=source, require_labels=False)
+    """Encode rows to score (``mdmt predict``): labels are optional (all-masked when absent), and
+    ``group`` is -1 (scores need no GAUC key; ranking the group column would cost a sort)."""
+    return encode(frame, fm, source=source, require_labels=False, groups=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ milliseconds) so a client can split its latency into these and the HTTP layer.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -219,6 +220,10 @@ def serve(
         raise ServeError(f"--max-rows and --max-bytes must be positive (got {max_rows}, {max_bytes})")
     scorer = open_scorer(path, engine=engine, threads=threads)
     app = create_app(scorer, max_rows=max_rows, max_bytes=max_bytes)
+    # what is loaded now (the libraries, the model, the app) lives as long as the process: keep
+    # it out of the garbage collector's full passes, whose pause would land on some request
+    gc.collect()
+    gc.freeze()
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
