@@ -148,6 +148,10 @@ class ScoringModule(nn.Module):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         batch = self._batch(inputs)
+        if len(self.units) == 1 and self.unit_all_domains[0] and self.unit_tasks[0] == list(range(self.num_tasks)):
+            # one model for every cell (the mdmt regime): one sigmoid over the stacked logits
+            out = self.units[0](batch).logits
+            return torch.sigmoid(torch.stack([out[name] for name in self.units[0].task_names], dim=1))  # [B, T]
         nan = torch.full_like(batch.domain, 0, dtype=torch.float32) + float("nan")  # [B]
         cols: list[Tensor] = [nan] * self.num_tasks
         for k, model in enumerate(self.units):
