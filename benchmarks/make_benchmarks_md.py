@@ -118,16 +118,18 @@ def _ship_sections(predict_json: Path, serve_json: Path) -> str:
             f"Machine: {d['machine_line']} (1-minute load average {load.get('before', float('nan')):.1f} before, "
             f"{load.get('after', float('nan')):.1f} after: other processes shared the cores). "
             f"{d['model']} on the {d['schema']}, {d['rows']:,} rows, chunks of {d['chunk_rows']:,} rows. "
-            f"Target: {d['target_rows_per_s']:,} rows/s. Threads: the engine's intra-op threads (reading and encoding "
-            "run in one more thread). Rows per CPU s: rows over the CPU time of every thread of the process, "
+            f"Target: {d['target_rows_per_s']:,} rows/s. Threads: the engine's intra-op threads; model workers: "
+            "threads running model calls side by side (reading and encoding, and writing, run in two more threads). "
+            "Rows per CPU s: rows over the CPU time of every thread of the process, "
             "which other processes on the machine hardly change.",
             "",
-            "| Engine | Threads | Input | Rows/s | Rows per CPU s | Read s | Encode s | Model s | Write s |",
-            "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| Engine | Threads | Model workers | Input | Rows/s | Rows per CPU s | Read s | Encode s | Model s | Write s |",
+            "| :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in d["results"]:
             per_cpu = f"{r['rows_per_cpu_s']:,.0f}" if "rows_per_cpu_s" in r else "–"
-            parts.append(f"| {r['engine']} | {r.get('threads', d['threads'])} | {r['input']} | {r['rows_per_s']:,.0f} | "
+            parts.append(f"| {r['engine']} | {r.get('threads', d['threads'])} | {r.get('model_workers', 1)} | {r['input']} | "
+                         f"{r['rows_per_s']:,.0f} | "
                          f"{per_cpu} | {r['read_s']:.2f} | {r['encode_s']:.2f} | {r['model_s']:.2f} | {r['write_s']:.2f} |")
         parts.append("")
     if serve_json.exists():

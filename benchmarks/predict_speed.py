@@ -10,7 +10,8 @@ Steps, in one process:
 3. ``mdmt export`` of the run;
 4. :func:`mdmt.serve.score.score_file` (what ``mdmt predict`` runs) with ``--engine torch`` on the
    run and ``--engine onnx`` on the export, ``--threads`` intra-op threads (default: what
-   ``mdmt predict`` picks, the cores but one; a comma list times each), ``--chunk-rows`` per
+   ``mdmt predict`` picks, the cores but one; a comma list times each) in ``--model-workers``
+   threads (default: 1 and 2), ``--chunk-rows`` per
    chunk: best of ``--repeats`` passes, with the time split into reading, encoding, the model and
    writing.
 
@@ -26,6 +27,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -85,12 +87,12 @@ def raw_rows(rows: int, out: Path, csv: bool) -> dict[str, Path]:
     return files
 
 
-def measure(scorer, path: Path, out: Path, chunk_rows: int, repeats: int) -> dict[str, float]:
+def measure(scorer, path: Path, out: Path, chunk_rows: int, repeats: int, model_workers: int = 1) -> dict[str, float]:
     best: dict[str, float] | None = None
     for _ in range(repeats):
         parts: list[ChunkStats] = []
         t0, c0 = time.perf_counter(), time.process_time()
-        n = score_file(scorer, path, out, chunk_rows=chunk_rows, on_chunk=parts.append)
+        n = score_file(scorer, path, out, chunk_rows=chunk_rows, on_chunk=parts.append, model_workers=model_workers)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         res = {
             "rows": n, "seconds": total, "rows_per_s": n / total, "chunks": len(parts),
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default=None,
                     help="intra-op threads of both engines, or a comma list to time each (default: as mdmt predict, "
                          "the cores but one)")
+    ap.add_argument("--model-workers", default="1,2",
+                    help="threads running model calls side by side (mdmt predict --model-workers), a comma list "
+                         "to time each (default 1,2)")
     ap.add_argument("--chunk-rows", type=int, default=65_536)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--csv", action="store_true", help="also time a CSV input")
@@ -130,14 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = export_run(run_dir, tmp / "export")
         results = []
         model_name = json.loads((export_dir / "manifest.json").read_text())["model"]
+        workers = [int(w) for w in args.model_workers.split(",")]
         runs = [(engine, path, n) for engine, path in (("torch", run_dir), ("onnx", export_dir)) for n in threads]
         for engine, path, n_threads in runs:
             scorer = open_scorer(path, engine=engine, threads=n_threads)
-            for fmt, src in files.items():
-                r = measure(scorer, src, tmp / "scores.parquet", args.chunk_rows, args.repeats)
-                r.update(engine=engine, input=fmt, threads=n_threads)
+            for (fmt, src), n_workers in itertools.product(files.items(), workers):
+                r = measure(scorer, src, tmp / "scores.parquet", args.chunk_rows, args.repeats, n_workers)
+                r.update(engine=engine, input=fmt, threads=n_threads, model_workers=n_workers)
                 results.append(r)
-                print(f"{engine:5s} {n_threads} thread(s) {fmt:7s} {r['rows_per_s']:>10,.0f} rows/s, "
+                print(f"{engine:5s} {n_threads} thread(s) x {n_workers} {fmt:7s} {r['rows_per_s']:>10,.0f} rows/s, "
                       f"{r['rows_per_cpu_s']:>10,.0f} rows per CPU s ({r['rows']:,} rows in {r['seconds']:.2f} s: "
                       f"read {r['read_s']:.2f}, encode {r['encode_s']:.2f}, model {r['model_s']:.2f}, "
                       f"write {r['write_s']:.2f})")

@@ -151,7 +151,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
                          "name the score columns apart with --score-prefix (e.g. --score-prefix p_)")
     # read like training reads: the run's CSV sequence separator, sequence columns typed by the schema
     n = score_file(scorer, src, out, keep=args.keep, chunk_rows=args.chunk_rows, separator=args.separator,
-                   score_prefix=args.score_prefix, sequence_separator=scorer.sequence_separator)
+                   score_prefix=args.score_prefix, sequence_separator=scorer.sequence_separator,
+                   model_workers=args.model_workers)
     print(f"wrote {n:,} rows x {len(scorer.tasks)} task scores to {out} ({scorer.engine})")
 
 
@@ -306,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read, encoded and scored at a time (default 65536)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads of the engine (default: the cores but one, which reads and encodes)")
+    p.add_argument("--model-workers", type=int, default=1,
+                   help="threads running model calls of a chunk side by side, each with --threads (default 1)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a trained run to a self-contained ONNX folder", formatter_class=fmt,

@@ -49,6 +49,19 @@ def test_chunked_scores_equal_whole_file_scores(shop, tmp_path, fmt):
     assert out["click"].is_between(0, 1, closed="none").all()
 
 
+def test_model_calls_side_by_side_give_the_same_scores_in_order(shop, tmp_path):
+    root, run_dir = shop
+    src = tmp_path / "rows.csv"
+    shop_table(1000, seed=9).write_csv(src)
+    for workers in (1, 3):
+        n = score_file(open_scorer(run_dir), src, tmp_path / f"s{workers}.parquet", chunk_rows=300, model_rows=64,
+                       model_workers=workers)
+        assert n == 1000
+    one, three = pl.read_parquet(tmp_path / "s1.parquet"), pl.read_parquet(tmp_path / "s3.parquet")
+    assert three["row"].to_list() == list(range(1000))
+    np.testing.assert_array_equal(one.to_numpy(), three.to_numpy())
+
+
 def test_bad_row_is_named_by_its_row_in_the_file_and_leaves_no_output(shop, tmp_path, capsys):
     _, run_dir = shop
     frame = shop_table(1000, seed=5)

@@ -62,6 +62,12 @@ def predict_zero_chunk(ws: Workspace) -> list[str]:
     return ["predict", "runs/done", "rows.csv", "--out", "scores.parquet", "--chunk-rows", "0"]
 
 
+@bad_input("cli", "No thread to run the model in", expect="--model-workers must be at least 1")
+def predict_zero_model_workers(ws: Workspace) -> list[str]:
+    ws.trained_run()
+    return ["predict", "runs/done", "rows.csv", "--out", "scores.parquet", "--model-workers", "0"]
+
+
 @bad_input("cli", "Serving on a port that is already in use", expect="cannot listen on 127.0.0.1:")
 def serve_port_in_use(ws: Workspace) -> list[str]:
     ws.trained_run()
