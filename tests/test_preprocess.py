@@ -9,7 +9,9 @@ import torch
 
 import mdmt.data.preprocess as pp
 from mdmt.data.base import DataError, RawData
-from mdmt.data.preprocess import encode, encode_for_scoring, fit_feature_map, prepare, split_frame, validate
+from mdmt.data.preprocess import (
+    DenseNorm, dense_values, encode, encode_for_scoring, fit_feature_map, prepare, split_frame, validate,
+)
 from mdmt.data.records import RecordEncoder
 from mdmt.featuremap import FIRST_ID, OOV, DenseStats, FeatureMap
 from mdmt.schema import DatasetSpec, DomainSpec, FeatureSpec, SplitSpec, TaskSpec
@@ -449,3 +451,37 @@ def test_record_encoder_equals_encode_for_scoring(transform):
     ref = encode_for_scoring(pl.DataFrame(ints, infer_schema_length=None), fm, source="rows")
     mine = RecordEncoder(fm).encode(ints)
     assert torch.equal(mine.sparse, ref.sparse) and torch.equal(mine.sequences["hist"], ref.sequences["hist"])
+
+
+def test_dense_columns_of_every_transform_at_once_equal_each_column_alone():
+    """DenseNorm (every dense column in one pass, as both encoders use it) against each column's
+    formula written out, and the record encoder against the frame encoder on such columns."""
+    transforms = ["standard", "log_standard", "minmax", "none", "log_standard", "minmax"]
+    stats = [DenseStats(mean=0.5 * j - 1, std=1.0 + j, min=-2.0 - j, max=3.0 * j) for j in range(len(transforms))]
+    stats[-1] = DenseStats(mean=4.0, std=1.0, min=4.0, max=4.0)  # a constant train column: max - min = 0
+    values = [1.5, None, -4.0, 0.0, 1e6, float("inf"), -float("inf"), 3]
+    x = np.array([[values[(i + j) % len(values)] for j in range(len(transforms))] for i in range(len(values))],
+                 dtype=np.float64)
+    got = DenseNorm(list(zip(transforms, stats)))(x)
+    for j, (t, st) in enumerate(zip(transforms, stats)):
+        col = x[:, j]
+        with np.errstate(invalid="ignore"):
+            want = {"standard": (col - st.mean) / st.std, "log_standard": (np.log1p(np.maximum(col, 0)) - st.mean) / st.std,
+                    "minmax": (col - st.min) / ((st.max - st.min) or 1.0), "none": col}[t]
+        fill = {"standard": 0.0, "log_standard": 0.0, "minmax": (st.mean - st.min) / ((st.max - st.min) or 1.0),
+                "none": st.mean}[t]
+        want = np.where(np.isfinite(col), want, fill).astype(np.float32)
+        np.testing.assert_array_equal(got[:, j], want, err_msg=t)
+        np.testing.assert_array_equal(dense_values(col, t, st), want, err_msg=t)
+    # the two encoders on the same columns
+    feats = [FeatureSpec(name=f"x{j}", kind="dense", transform=t) for j, t in enumerate(transforms)]
+    spec = DatasetSpec(name="t", features=[FeatureSpec(name="user", source="user"), *feats],
+                       domain=DomainSpec(column="dom", names=["a", "b"]), tasks=[TaskSpec(name="y", label="y")])
+    fm = FeatureMap.layout_of(spec, vocabs={"user": ["1", "2"]}, dense_stats={f"x{j}": st for j, st in enumerate(stats)})
+    rows = [{"user": 1, "dom": "a", **{f"x{j}": v for j, v in enumerate(r)}} for r in x.tolist()]
+    rows[1]["x2"] = None
+    ref = encode_for_scoring(pl.DataFrame(rows, schema={"user": pl.Int64, "dom": pl.String,
+                                                        **{f"x{j}": pl.Float64 for j in range(len(transforms))}}),
+                             fm, source="rows")
+    assert torch.equal(RecordEncoder(fm).encode(rows).dense, ref.dense)
+    assert torch.equal(RecordEncoder(fm).encode(rows[:1]).dense, ref.dense[:1])  # one row, as most requests

@@ -58,6 +58,7 @@ __all__ = [
     "fit_feature_map",
     "encode",
     "encode_for_scoring",
+    "DenseNorm",
     "dense_values",
     "bucket_ids",
     "domain_lookup",
@@ -518,25 +519,60 @@ class _VocabIndex:
         return s.replace_strict(old, new, default=OOV, return_dtype=pl.Int64).fill_null(OOV)
 
 
+class DenseNorm:
+    """The normalisation of dense columns with their train statistics, all columns at once.
+
+    Column ``j`` maps a raw value ``x`` to ``y = (g_j(x) - center_j) / scale_j``, with
+    ``g_j(x) = log1p(max(x, 0))`` for ``log_standard`` and ``x`` otherwise; a missing or
+    non-finite ``x`` becomes ``fill_j``, the train mean transformed. Per transform:
+
+    ============ ============= ============= ======================
+    transform    center        scale         fill
+    ============ ============= ============= ======================
+    standard     mean          std           0
+    log_standard mean of g(x)  std of g(x)   0
+    minmax       min           max - min (1) (mean - min) / scale
+    none         0             1             mean
+    ============ ============= ============= ======================
+
+    The one formula of every encoder (frames here, records in :mod:`mdmt.data.records`).
+
+    Args:
+        columns: ``[(transform, stats)]``, one per column.
+    """
+
+    def __init__(self, columns: list[tuple[str, DenseStats]]) -> None:
+        rows = [self._affine(t, st) for t, st in columns]
+        self.log = np.array([t == "log_standard" for t, _ in columns], dtype=bool)
+        self.center, self.scale, self.fill = (np.array(v, dtype=np.float64).reshape(-1) for v in
+                                              (zip(*rows) if rows else ([], [], [])))
+
+    @staticmethod
+    def _affine(transform: str, st: DenseStats) -> tuple[float, float, float]:
+        if transform in ("standard", "log_standard"):
+            return st.mean, st.std, 0.0
+        if transform == "minmax":
+            rng = (st.max - st.min) or 1.0
+            return st.min, rng, (st.mean - st.min) / rng
+        return 0.0, 1.0, st.mean  # none
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """``[N, D]`` raw values (NaN where missing) -> ``[N, D]`` float32."""
+        x = np.array(x, dtype=np.float64, copy=True)
+        missing = ~np.isfinite(x)
+        if self.log.any():
+            with np.errstate(invalid="ignore"):
+                x[:, self.log] = np.log1p(np.maximum(x[:, self.log], 0.0))
+        x -= self.center
+        x /= self.scale
+        np.copyto(x, np.broadcast_to(self.fill, x.shape), where=missing)
+        return x.astype(np.float32)
+
+
 def dense_values(x: np.ndarray, transform: str, st: DenseStats) -> np.ndarray:
     """``[N]`` float32 raw values normalised with the train statistics ``st`` (``transform`` of the
-    feature); missing / non-finite -> the train mean, transformed. The one formula of every encoder
-    (frames here, records in :mod:`mdmt.data.records`)."""
-    x = np.asarray(x, dtype=np.float64)
-    missing = ~np.isfinite(x)
-    if transform == "standard":
-        y, fill = (x - st.mean) / st.std, 0.0
-    elif transform == "log_standard":
-        with np.errstate(invalid="ignore"):
-            y = (np.log1p(np.maximum(x, 0.0)) - st.mean) / st.std
-        fill = 0.0
-    elif transform == "minmax":
-        rng = (st.max - st.min) or 1.0
-        y, fill = (x - st.min) / rng, (st.mean - st.min) / rng
-    else:  # none
-        y, fill = x.copy(), st.mean
-    y[missing] = fill
-    return y.astype(np.float32)
+    feature); missing / non-finite -> the train mean, transformed: one column of :class:`DenseNorm`."""
+    return DenseNorm([(transform, st)])(np.asarray(x, dtype=np.float64).reshape(-1, 1))[:, 0]
 
 
 def bucket_ids(x: np.ndarray, st: DenseStats) -> np.ndarray:
@@ -621,7 +657,7 @@ def encode(
         else:
             sparse[:, j] = indices[f.vocab_name](s).to_numpy()
     dense = np.empty((n, len(fm.dense)), dtype=np.float32)
-    for j, name in enumerate(fm.dense):
+    for j, name in enumerate(fm.dense):  # column by column: long columns stay contiguous
         f = spec.feature(name)
         dense[:, j] = dense_values(_floats(frame[f.raw_column]), f.transform, fm.dense_stats[name])
     seqs: dict[str, torch.Tensor] = {}

@@ -3,7 +3,7 @@
 :func:`~mdmt.data.preprocess.encode` encodes a Polars frame. Polars runs every Series operation
 as a small query, about 40 of them per call, which sets a floor of several milliseconds on a
 one-row scoring request. :class:`RecordEncoder` reads the same fitted feature map with plain
-dictionary look-ups and NumPy, applies the same formulas (:func:`~mdmt.data.preprocess.dense_values`,
+dictionary look-ups and NumPy, applies the same formulas (:class:`~mdmt.data.preprocess.DenseNorm`,
 :func:`~mdmt.data.preprocess.bucket_ids`, :func:`~mdmt.data.preprocess.domain_lookup`) and yields
 the :class:`~mdmt.batch.Batch` that :func:`~mdmt.data.preprocess.encode_for_scoring` yields on the
 same rows (sparse, dense, domain, sequences and lengths; labels all masked, group -1).
@@ -29,7 +29,7 @@ import torch
 
 from ..batch import Batch
 from ..featuremap import FIRST_ID, OOV, FeatureMap
-from .preprocess import bucket_ids, dense_values, domain_lookup
+from .preprocess import DenseNorm, bucket_ids, domain_lookup
 
 __all__ = ["RecordEncoder", "raw_key"]
 
@@ -58,6 +58,8 @@ class RecordEncoder:
         self.domains = domain_lookup(spec)
         self.sparse = [(spec.feature(n), fm.dense_stats.get(n)) for n in fm.sparse]
         self.dense = [(spec.feature(n), fm.dense_stats[n]) for n in fm.dense]
+        self.dense_columns = [f.raw_column for f, _ in self.dense]
+        self.dense_norm = DenseNorm([(f.transform, st) for f, st in self.dense])
         self.seqs = [spec.feature(n) for n in fm.sequences]
 
     @staticmethod
@@ -79,9 +81,9 @@ class RecordEncoder:
             else:
                 vocab = self.vocab[f.vocab_name]
                 sparse[:, j] = [self._id(vocab, r.get(f.raw_column)) for r in rows]
-        dense = np.empty((n, len(self.dense)), dtype=np.float32)
-        for j, (f, st) in enumerate(self.dense):
-            dense[:, j] = dense_values(self._floats(rows, f.raw_column), f.transform, st)
+        # every dense column at once (None -> NaN: missing)
+        raw = np.array([[r.get(c) for c in self.dense_columns] for r in rows], dtype=np.float64)
+        dense = self.dense_norm(raw.reshape(n, len(self.dense_columns)))
         seqs, lens = {}, {}
         for f in self.seqs:  # the first max_len entries (most recent first), left-aligned, 0-padded
             vocab, L = self.vocab[f.vocab_name], f.max_len
