@@ -5,6 +5,9 @@ Inputs (each produced by a command in this repository):
 * every bench output directory holding ``meta.json`` and ``cells/`` — written by
   ``mdmt bench configs/bench/<name>.yaml`` (``output_dir`` in the config);
 * ``benchmarks/results/train_throughput.json`` — written by ``python benchmarks/train_throughput.py``;
+* ``benchmarks/results/train_throughput_ml100k.json`` — written by ``python benchmarks/train_throughput.py
+  --dataset ml100k --batch-size 40960 --models m3oe --out benchmarks/results/train_throughput_ml100k.json``
+  (M3oE at the official code's configuration);
 * ``benchmarks/results/loader_speed.json`` and ``metrics_speed.json`` — written by
   ``python benchmarks/loader_speed.py`` and ``python benchmarks/metrics_speed.py``;
 * ``benchmarks/results/calibration_synthetic.md`` — written by
@@ -175,7 +178,9 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benches", nargs="*", default=None,
                    help="bench output directories (default: every directory under benchmarks/results with a meta.json)")
-    p.add_argument("--throughput", default=str(RESULTS / "train_throughput.json"))
+    p.add_argument("--throughput", nargs="*", default=[str(RESULTS / "train_throughput.json"),
+                                                       str(RESULTS / "train_throughput_ml100k.json")],
+                   help="throughput JSONs, each rendered as its own table (missing files are skipped)")
     p.add_argument("--out", default="BENCHMARKS.md")
     args = p.parse_args(argv)
     benches = args.benches
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
         text = text.replace(last, "".join(c + "\n" for c in cmds) + last, 1)
         Path(out).write_text(text.rstrip("\n") + "\n\n" + extra)
     print(f"wrote {out} from {len(benches)} bench result(s)"
-          + (f" and {args.throughput}" if Path(args.throughput).exists() else ""))
+          + "".join(f" and {t}" for t in args.throughput if Path(t).exists()))
     return out
 
 

@@ -34,6 +34,7 @@ from mdmt.bench.report import (
     markdown_report,
     seesaw_matrix,
     summarize,
+    throughput_markdown,
     write_benchmarks_md,
     write_report,
 )
@@ -438,7 +439,7 @@ def test_cli_report_only_and_benchmarks_md(tmp_path, capsys):
     tp = tmp_path / "tp.json"
     tp.write_text(json.dumps({
         "command": "python benchmarks/train_throughput.py --rows 10", "machine": {"cpu": "Test CPU"},
-        "peak_flops": 1e11, "target_ratio": 1.15,
+        "peak_flops": 1e11, "target_ratio": 1.10,
         "settings": {"rows": 10, "preset": "douyin", "batch_size": 4, "steps": 2, "warmup": 1, "mm_repeats": 1},
         "models": [{"model": "mlp", "batch_size": 4, "ratio": 1.05, "e2e_samples_per_sec": 1e5,
                     "model_samples_per_sec": 1.05e5, "flops_per_step": 4e6, "e2e_flops_per_sec": 1e11 * 0.1,
@@ -505,19 +506,126 @@ def test_flop_count_of_a_step_matches_formula():
 def test_train_throughput_script_tiny(tmp_path):
     tt = _bench_module("train_throughput")
     out = tmp_path / "tp.json"
-    res = tt.main(["--rows", "3000", "--batch-size", "256", "--steps", "3", "--warmup", "1", "--models", "mlp,mmoe",
+    res = tt.main(["--rows", "3000", "--batch-size", "256", "--steps", "3", "--warmup", "1", "--models", "mlp,mmoe,pmta",
                    "--mm-repeats", "1", "--out", str(out), "--quiet"])
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(res))
-    assert [r["model"] for r in data["models"]] == ["mlp", "mmoe"]
-    assert data["machine"]["logical_cores"] >= 1 and data["peak_flops"] > 0
+    assert [(r["model"], r["kind"]) for r in data["models"]] == [
+        ("mlp", "registered"), ("mmoe", "registered"), ("mmoe", "hand-written"),
+        ("pmta", "registered"), ("pmta", "base model"), ("pmta", "warm start")]
+    assert data["machine"]["logical_cores"] >= 1 and data["peak_flops"] > 0 and data["target_ratio"] == 1.10
     for r in data["models"]:
         assert "error" not in r, r
         assert r["flops_per_step"] > 0 and r["e2e_samples_per_sec"] > 0
         assert r["ratio"] == pytest.approx(r["e2e_step_seconds"] / r["model_step_seconds"])
         assert r["e2e_utilisation"] == pytest.approx(r["flops_per_step"] / r["e2e_step_seconds"] / data["peak_flops"])
+    by = {(r["model"], r["kind"]): r for r in data["models"]}
+    hand = data["comparisons"]["hand_written"]
+    assert [h["model"] for h in hand] == ["mmoe"] and hand[0]["same_params"] and hand[0]["same_flops"]
+    assert hand[0]["e2e_ratio"] == pytest.approx(by["mmoe", "registered"]["e2e_step_seconds"]
+                                                 / by["mmoe", "hand-written"]["e2e_step_seconds"])
+    pm = data["comparisons"]["pmta"]
+    assert pm["base_model"] == "sharedbottom" and pm["extra_flops_per_sample"] > 0
+    assert pm["extra_flops_per_sample"] == pytest.approx(by["pmta", "registered"]["flops_per_sample"]
+                                                         - by["pmta", "base model"]["flops_per_sample"])
+    # the warm start trains PMTA's own parameters only: everything the base model has is loaded and frozen
+    warm, cold = by["pmta", "warm start"], by["pmta", "registered"]
+    assert warm["params"] == cold["params"]
+    assert warm["trainable_params"] == cold["params"] - by["pmta", "base model"]["params"]
+    assert warm["flops_per_sample"] < cold["flops_per_sample"]  # no backward into the frozen base model
+    assert data["comparisons"]["automl"] == []
+    md = throughput_markdown(data)
+    assert "mmoe (hand-written)" in md and "Registered / hand-written" in md and "PMTA's extra cost" in md
     with pytest.raises(SystemExit, match="unknown model"):
         tt.main(["--rows", "3000", "--models", "nope", "--out", str(out), "--quiet"])
+
+
+@pytest.mark.parametrize("per_domain", [False, True])
+@pytest.mark.parametrize("name", ["mmoe", "sharedbottom"])
+def test_hand_written_references_compute_the_registered_models(name, per_domain):
+    """The benchmark's hand-written MMoE and SharedBottom hold the registered model's parameter shapes;
+    loaded with its weights they give its logits, and a step costs the same FLOPs."""
+    from mdmt.models import build_model
+
+    from .conftest import make_batch, make_tiny
+
+    tt = _bench_module("train_throughput")
+    spec, fm = make_tiny(per_domain=per_domain)
+    torch.manual_seed(0)
+    reg = build_model(name, spec, fm, {})
+    hand = tt.hand_written(name, reg, spec, fm)
+    e = reg.embeddings
+    r = [e.table(t.name).weight for t in spec.effective_tables()] + [e.domain_table.weight]
+    h = [*hand.tables, hand.domain_table]
+    if name == "mmoe":
+        r += [*reg.block.experts.weights, *reg.block.experts.biases, reg.block.gates.weight, reg.block.gates.bias]
+        h += [*hand.expert_w, *hand.expert_b, hand.gate_w, hand.gate_b]
+    else:
+        linear = [m for m in reg.backbone.mlp if isinstance(m, torch.nn.Linear)]
+        r += [m.weight for m in linear] + [m.bias for m in linear]
+        h += [*hand.bottom_w, *hand.bottom_b]
+    head = reg.head
+    r += [*head.first_layer.weights, *head.rest_layers.weights, *head.first_layer.biases, *head.rest_layers.biases]
+    h += [*hand.tower_w, *hand.tower_b]
+    assert len(r) == len(list(reg.parameters())) and len(h) == len(list(hand.parameters()))
+    assert [p.shape for p in r] == [p.shape for p in h]
+    with torch.no_grad():
+        for a, b in zip(r, h):
+            b.copy_(a)
+    batch = make_batch(spec, fm, 16)
+    reg.eval(), hand.eval()
+    with torch.no_grad():
+        ours, theirs = reg(batch).logits, hand(batch).logits
+    for t in reg.task_names:
+        assert torch.allclose(ours[t], theirs[t], atol=1e-6)
+    reg.train(), hand.train()
+    assert tt._flops_per_step(reg, batch, reg.task_names) == tt._flops_per_step(hand, batch, reg.task_names)
+    # in training both drop ids to OOV at the same rate, on the same columns
+    assert hand.layout.id_dropout == e.id_dropout and hand.id_columns.tolist() == e.dropout_columns.tolist()
+
+
+def test_throughput_comparisons_and_markdown():
+    """The comparisons of a run and their rendering: registered ÷ hand-written, PMTA over its base
+    model, the AutoML share; the ratio target marks a miss."""
+    tt = _bench_module("train_throughput")
+
+    def row(model, kind, e2e, mdl, flops, label=None, **kw):
+        return {"model": model, "label": label or model, "kind": kind, "batch_size": 10, "params": 5,
+                "trainable_params": kw.pop("trainable", 5), "has_valid_step": False, "e2e_step_seconds": e2e,
+                "model_step_seconds": mdl, "ratio": e2e / mdl, "flops_per_step": flops * 10, "flops_per_sample": flops,
+                "e2e_samples_per_sec": 10 / e2e, "model_samples_per_sec": 10 / mdl, "e2e_flops_per_sec": flops * 10 / e2e,
+                "model_flops_per_sec": flops * 10 / mdl, "e2e_utilisation": 0.5, "model_utilisation": 0.5,
+                "arch_step_seconds": 0.0, "arch_share_of_e2e": 0.0, **kw}
+
+    rows = [
+        row("mmoe", "registered", 1.2, 1.0, 1e6),
+        row("mmoe", "hand-written", 1.0, 1.0, 1e6, "mmoe (hand-written)"),
+        row("pmta", "registered", 3.0, 3.0, 4e6),
+        row("pmta", "base model", 1.0, 1.0, 1e6, "pmta: base model alone (sharedbottom)"),
+        row("pmta", "warm start", 1.5, 1.5, 3e6, "pmta, warm start", trainable=2),
+        row("m3oe", "registered", 2.0, 2.0, 5e5, has_valid_step=True, arch_step_seconds=0.5, arch_share_of_e2e=0.25),
+        {"model": "bad", "label": "bad", "kind": "registered", "error": "RuntimeError: boom"},
+    ]
+    cmp = tt.comparisons(rows)
+    assert cmp["hand_written"] == [{"model": "mmoe", "e2e_ratio": pytest.approx(1.2), "model_ratio": 1.0,
+                                    "same_params": True, "same_flops": True, "within_target": False}]
+    pm = cmp["pmta"]
+    assert pm["extra_flops_per_sample"] == 3e6 and pm["flops_ratio"] == 4.0 and pm["e2e_time_ratio"] == 3.0
+    assert pm["warm_vs_cold_e2e_time_ratio"] == 0.5 and pm["warm_trainable_params"] == 2
+    assert cmp["automl"] == [{"label": "m3oe", "arch_step_seconds": 0.5, "arch_share_of_e2e": 0.25}]
+    data = {"peak_flops": 1e9, "target_ratio": tt.TARGET_RATIO, "target_hand_ratio": tt.TARGET_HAND_RATIO,
+            "settings": {"rows": 100, "batch_size": 10, "steps": 2, "dataset": "synthetic"}, "models": rows,
+            "comparisons": cmp}
+    md = throughput_markdown(data)
+    header, table = _table_rows(md, "| Model | Samples/s")
+    assert table["mmoe"][header.index("E2E / model step time")] == "1.200 ⚠"  # over 1.10
+    assert table["pmta"][header.index("E2E / model step time")] == "1.000"
+    assert table["m3oe"][header.index("AutoML share")] == "25.0%" and table["mmoe"][header.index("AutoML share")] == "—"
+    assert "error: RuntimeError: boom" in md and "at most 1.10 ×" in md
+    h_header, h_table = _table_rows(md, "| Model | Registered / hand-written")
+    assert h_table["mmoe"][h_header.index("Registered / hand-written (end to end)")] == "1.200 ⚠"
+    assert "adds **3.00 MFLOP per sample** forward + backward (1.00 → 4.00, 4.0×)" in md and "**3.00× its step time**" in md
+    assert "0.50× the cold-started PMTA's" in md and "takes **25.0%** of the end-to-end step time" in md
 
 
 def test_gauc_table_users_and_indicative_cells():

@@ -51,6 +51,23 @@ def test_batch_iterator_covers_every_row_once_per_epoch():
     assert rows_of(BatchIterator(row_batch(n), batch_size=bs, shuffle=True, seed=6)) != epochs[0]
 
 
+def test_batch_iterator_shuffled_batches_are_the_permutation_in_order():
+    """Each shuffled batch is its slice of the epoch's permutation, gathered on its own: the rows and
+    their order are those of gathering the whole split first, and each batch owns its memory."""
+    n, bs = 1003, 64
+    data = row_batch(n)
+    it = BatchIterator(data, batch_size=bs, shuffle=True, seed=3, drop_last=True)
+    it.set_epoch(4)
+    perm = it.permutation(4)
+    whole = data.index(perm)
+    batches = list(it)
+    assert len(batches) == n // bs
+    for k, b in enumerate(batches):
+        ref = whole.slice(k * bs, (k + 1) * bs)
+        assert torch.equal(b.sparse, ref.sparse) and torch.equal(b.dense, ref.dense) and torch.equal(b.domain, ref.domain)
+        assert b.sparse.is_contiguous() and b.sparse.data_ptr() != data.sparse.data_ptr()
+
+
 def test_batch_iterator_no_shuffle_and_drop_last():
     n = 100
     it = BatchIterator(row_batch(n), batch_size=30, drop_last=True)

@@ -891,35 +891,46 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def throughput_markdown(data: dict[str, Any]) -> str:
-    """Table of ``benchmarks/results/train_throughput.json`` (see ``benchmarks/train_throughput.py``)."""
+    """Tables of a ``benchmarks/train_throughput.py`` result (``benchmarks/results/train_throughput*.json``):
+    one row per measured model, then the same-run comparisons (registered ÷ hand-written step time,
+    PMTA's extra cost over its base model, the AutoML step's share) when the run has them."""
     peak = data.get("peak_flops")
     s = data.get("settings", {})
+    target = data.get("target_ratio", 1.10)
+    if s.get("dataset") == "ml100k":
+        rows_desc = "MovieLens-100K, M3oE protocol" + (f", the `mdmt` rows' settings of `{s['bench_config']}`"
+                                                        if s.get("bench_config") else "")
+    else:
+        rows_desc = f"{s.get('rows', '?'):,} synthetic `{s.get('preset', 'douyin')}` rows"
     out = [
         f"Peak: `torch.mm` on 2048×2048 float32, best of {s.get('mm_repeats', '?')}: "
-        f"**{(peak or 0) / 1e9:,.1f} GFLOP/s**. Rows: {s.get('rows', '?'):,} synthetic `{s.get('preset', 'douyin')}` rows; "
+        f"**{(peak or 0) / 1e9:,.1f} GFLOP/s**. Data: {rows_desc}; "
         f"batch {s.get('batch_size', '?')}; step times are medians of {s.get('steps', '?')} timed steps per path, "
-        f"the two paths interleaved (after {s.get('warmup', '?')} warm-up steps); device {s.get('device', 'cpu')}, "
-        f"{s.get('threads', '?')} threads. Load average (1 min) before / after the run: "
+        f"every path of the rows timed together interleaved (after {s.get('warmup', '?')} warm-up steps); "
+        f"device {s.get('device', 'cpu')}, {s.get('threads', '?')} threads. Load average (1 min) before / after the run: "
         f"{s.get('load_average_1min_before', '?')} / {s.get('load_average_1min_after', '?')} "
         f"(other work on the machine lowers every figure).",
         "",
         "End to end = BatchIterator over the prepared train split → model → masked BCE → backward → "
-        "optimizer step. Model only = the same step on one batch already in memory. FLOPs per step = "
+        "optimizer step (and, for a model with architecture weights, their step on a held-out batch). "
+        "Model only = the same step on one batch already in memory. FLOPs per step = "
         "forward + backward, counted with `torch.utils.flop_counter.FlopCounterMode`. Utilisation = "
-        "FLOPs per step × steps per second / peak.",
+        "FLOPs per step × steps per second / peak. AutoML share = the architecture step's share of the "
+        "end-to-end step time.",
         "",
     ]
     header = ["Model", "Samples/s (end to end)", "Samples/s (model only)", "E2E / model step time",
-              "MFLOP/sample", "GFLOP/s (e2e)", "Util. e2e", "Util. model only"]
+              "MFLOP/sample", "GFLOP/s (e2e)", "Util. e2e", "Util. model only", "AutoML share"]
     rows = []
     for r in data.get("models", []):
+        label = r.get("label", r["model"])
         if r.get("error"):
-            rows.append([r["model"], "error: " + str(r["error"]).replace("|", "/")[:80]] + ["—"] * 6)
+            rows.append([label, "error: " + str(r["error"]).replace("|", "/")[:80]] + ["—"] * 7)
             continue
         ratio = r["ratio"]
-        flag = "" if ratio <= data.get("target_ratio", 1.15) else " ⚠"
+        flag = "" if ratio <= target else " ⚠"
         rows.append([
-            r["model"],
+            label,
             f"{r['e2e_samples_per_sec']:,.0f}",
             f"{r['model_samples_per_sec']:,.0f}",
             f"{ratio:.3f}{flag}",
@@ -927,16 +938,53 @@ def throughput_markdown(data: dict[str, Any]) -> str:
             f"{r['e2e_flops_per_sec'] / 1e9:.2f}",
             f"{100 * r['e2e_utilisation']:.1f}%",
             f"{100 * r['model_utilisation']:.1f}%",
+            f"{100 * r['arch_share_of_e2e']:.1f}%" if r.get("has_valid_step") else "—",
         ])
     out.append(_table(header, rows))
-    target = data.get("target_ratio", 1.15)
     out += ["", f"Target: end-to-end step time at most {target:.2f} × the model-only step time (⚠ marks a miss)."]
+    cmp = data.get("comparisons") or {}
+    hand = cmp.get("hand_written") or []
+    if hand:
+        target_hand = data.get("target_hand_ratio", 1.05)
+        out += [
+            "",
+            "**Composition overhead.** Each registered model beside a hand-written reference in plain torch "
+            "(`benchmarks/train_throughput.py`: the same parameter shapes, the same FLOPs, the same inputs), "
+            "trained by the same `train_step`, timed together in this run:",
+            "",
+        ]
+        hrows = []
+        for h in hand:
+            flag = "" if h["e2e_ratio"] <= target_hand else " ⚠"
+            hrows.append([h["model"], f"{h['e2e_ratio']:.3f}{flag}", f"{h['model_ratio']:.3f}",
+                          "yes" if h["same_params"] else "no", "yes" if h["same_flops"] else "no"])
+        out.append(_table(["Model", "Registered / hand-written (end to end)", "(model only)", "Same parameters",
+                           "Same FLOPs"], hrows))
+        out += ["", f"Target: registered step time at most {target_hand:.2f} × the hand-written one (⚠ marks a miss)."]
+    pm = cmp.get("pmta")
+    if pm:
+        line = (f"**PMTA's extra cost.** Over its base model alone (`{pm['base_model']}`: the same embeddings, H and "
+                f"classifiers C^t without the PMTA head), PMTA adds **{pm['extra_flops_per_sample'] / 1e6:.2f} MFLOP "
+                f"per sample** forward + backward ({pm['base_flops_per_sample'] / 1e6:.2f} → "
+                f"{pm['flops_per_sample'] / 1e6:.2f}, {pm['flops_ratio']:.1f}×) and takes "
+                f"**{pm['e2e_time_ratio']:.2f}× its step time** end to end ({pm['model_time_ratio']:.2f}× model only), "
+                "in the same run.")
+        if "warm_vs_cold_e2e_time_ratio" in pm:
+            line += (f" Warm-started with the loaded parameters frozen (`--warm-start RUN --freeze-loaded`: "
+                     f"{pm['warm_trainable_params']:,} parameters still train), a step takes "
+                     f"{pm['warm_vs_cold_e2e_time_ratio']:.2f}× the cold-started PMTA's "
+                     f"({pm['warm_e2e_time_ratio']:.2f}× the base model's).")
+        out += ["", line]
+    for a in cmp.get("automl") or []:
+        out += ["", f"**AutoML step.** {a['label']}: the architecture step (α, β on a held-out batch, after every "
+                    f"main step) takes **{100 * a['arch_share_of_e2e']:.1f}%** of the end-to-end step time "
+                    f"({a['arch_step_seconds']:.3f} s)."]
     return "\n".join(out)
 
 
 def write_benchmarks_md(
     bench_dirs: Sequence[str | Path],
-    throughput_json: str | Path | None = None,
+    throughput_json: str | Path | Sequence[str | Path] | None = None,
     out: str | Path = "BENCHMARKS.md",
     *,
     regenerate_command: str = "python benchmarks/make_benchmarks_md.py",
@@ -946,7 +994,8 @@ def write_benchmarks_md(
     Every bench directory must hold ``meta.json`` (written by :func:`run_bench`) and ``cells/``;
     its tables are rebuilt from the run records, and its seesaw image is linked relative to
     ``out``. Sections: how to regenerate (exact commands), the machine, each bench's tables,
-    the training-throughput table.
+    the training-throughput tables (one per throughput JSON given that exists, e.g. the default
+    run and M3oE's official configuration).
     """
     from .harness import BenchConfig as _BC
     from ..schema import parse_config
@@ -983,9 +1032,14 @@ def write_benchmarks_md(
         if len(recs) < n_expected:
             body += f"\n**Incomplete grid: {len(recs)} of {n_expected} runs finished.**\n"
         sections.append(body)
-    tp = None
-    if throughput_json is not None and Path(throughput_json).exists():
-        tp = json.loads(Path(throughput_json).read_text())
+    if throughput_json is None:
+        tp_paths: list[Path] = []
+    elif isinstance(throughput_json, (str, Path)):
+        tp_paths = [Path(throughput_json)]
+    else:
+        tp_paths = [Path(p) for p in throughput_json]
+    tps = [json.loads(p.read_text()) for p in tp_paths if p.exists()]
+    for tp in tps:
         cmds.append(tp.get("command") or "python benchmarks/train_throughput.py")
         if tp.get("machine"):
             machines.append(machine_line(tp["machine"]))
@@ -995,8 +1049,14 @@ def write_benchmarks_md(
         parts.append(f"- {m}")
     parts += ["", "How to read the tables: see `docs/benchmarks.md`.", ""]
     parts += sections
-    if tp is not None:
-        parts += ["## Training throughput", "", f"Regenerate: `{tp.get('command') or 'python benchmarks/train_throughput.py'}`", ""]
+    if tps:
+        parts += ["## Training throughput", ""]
+    for i, tp in enumerate(tps):
+        if len(tps) > 1:
+            s = tp.get("settings", {})
+            what = ("MovieLens-100K" if s.get("dataset") == "ml100k" else "synthetic data") + f", batch {s.get('batch_size', '?')}"
+            parts += [f"### {what}", ""]
+        parts += [f"Regenerate: `{tp.get('command') or 'python benchmarks/train_throughput.py'}`", ""]
         if tp.get("machine"):
             parts += [f"Machine: {machine_line(tp['machine'])}.", ""]
         parts += [throughput_markdown(tp), ""]

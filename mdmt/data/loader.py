@@ -3,9 +3,12 @@
 Both yield the same :class:`~mdmt.batch.Batch` type, so a trainer does not care which one it holds.
 
 * :class:`BatchIterator` keeps the whole split as tensors in memory. An epoch with ``shuffle`` costs
-  one ``torch.randperm`` and one gather of the split (``Batch.index``); every batch is then a
-  contiguous view (``Batch.slice``): no per-row Python and no collation. This is what makes small
-  models train at the speed of the model rather than of the data path.
+  one ``torch.randperm``; every batch is then one gather of its rows (``Batch.index`` with its
+  slice of the permutation), and without ``shuffle`` a view (``Batch.slice``): no per-row Python
+  and no collation. Gathering batch by batch rather than the whole split at the epoch's start
+  copies the same rows, but into a batch-sized buffer that the step reads while it is still in
+  cache, with no epoch-sized copy (nor its memory) at every epoch start. This is what makes
+  small models train at the speed of the model rather than of the data path.
 * :class:`ParquetStream` reads encoded Parquet shards (written by :func:`mdmt.data.preprocess.prepare`)
   row group by row group with PyArrow, for data larger than memory. With ``shuffle`` the shard
   order and the row-group order change every epoch and rows are mixed in a shuffle buffer of
@@ -88,11 +91,15 @@ class BatchIterator:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
-        data = self.data.index(self.permutation(epoch)) if self.shuffle else self.data
-        n, b = len(data), self.batch_size
+        data, n, b = self.data, len(self.data), self.batch_size
         stop = n - n % b if self.drop_last else n
+        if not self.shuffle:
+            for start in range(0, stop, b):
+                yield data.slice(start, min(start + b, n))
+            return
+        perm = self.permutation(epoch)
         for start in range(0, stop, b):
-            yield data.slice(start, min(start + b, n))
+            yield data.index(perm[start : min(start + b, n)])  # this batch's rows, gathered
 
 
 class ParquetStream:
