@@ -134,6 +134,24 @@ def test_equations_recomputed_row_by_row(params):
         assert torch.allclose(got, _reference(model, batch), atol=1e-5), params
 
 
+@pytest.mark.parametrize("params", [{}, {"num_shared_experts": 1}, {"domain_module": False}, {"task_module": False}],
+                         ids=["full", "one-shared-expert", "no-domain-module", "no-task-module"])
+def test_gradients_match_row_by_row(params):
+    """The batched fusion (one weighted sum over the expert stack) gives every parameter, α and β
+    included, the gradient of the equations computed row by row."""
+    _, _, batch, model = _setup(params, size=10)
+    weights = torch.randn(len(batch), model.num_tasks)
+    grads = []
+    for fn in (lambda: _stack(model, model(batch)), lambda: _reference(model, batch)):
+        model.zero_grad(set_to_none=True)
+        (fn() * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert {n for n in grads[0] if n.startswith("arch_")} == {f"arch_{w}" for w in model.report_values()}
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
 def test_three_tasks_fusion():
     _, _, batch, model = _setup(num_tasks=3)
     with torch.no_grad():
@@ -204,8 +222,7 @@ def test_no_flops_on_other_domains_parameters():
         + cfg.dr_dim * H + in_dim * H  # Eq. 2: W_c and f_DA
         + (N + D + T) * (H * cfg.expert_hidden[0] + cfg.expert_hidden[0] * E)  # Eq. 3, every expert
         + H * T * N  # Eq. 4, own domain's T gates
-        + T * N * E  # gate-weighted sum of the shared experts
-        + 0
+        + T * (N + D + T) * E  # Eq. 4-7: h̄_{d,t}, the weighted sum over the shared, domain and task experts
         + T * E * cfg.tower_hidden + T * cfg.tower_hidden  # Eq. 8, own domain's T towers
     )
     assert counter.get_total_flops() == expect

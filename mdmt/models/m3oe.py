@@ -123,7 +123,9 @@ class _LayerNormExperts(nn.Module):
                 x = torch.addmm(b.reshape(-1), x, w.permute(1, 0, 2).reshape(din, K * dout)).view(-1, K, dout)
             else:  # one input per expert: a batched GEMM over the experts
                 x = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w).transpose(0, 1)
-            x = torch.relu_(torch.addcmul(self.ln_bias[i], F.layer_norm(x, (dout,)), self.ln_weight[i]))  # Eq. 3
+            # Eq. 3: ReLU(LayerNorm(·)) with expert k's affine γ_k, β_k; the product, then in place the
+            # shift and the ReLU (addcmul's backward would spend a full pass scaling by its unit value)
+            x = torch.relu_(torch.mul(F.layer_norm(x, (dout,)), self.ln_weight[i]).add_(self.ln_bias[i]))
         return x
 
 
@@ -133,8 +135,9 @@ class M3oE(MDMTModel):
 
     Shapes (``B`` rows, ``D`` domains, ``T`` tasks, ``N`` shared experts, ``E`` expert width):
     ``x`` ``[B, in]`` -> ``f_DR`` ``[B, dr_dim]`` -> ``h`` ``[B, hidden_dim]`` -> experts
-    ``[B, N + D + T, E]`` -> ``S`` ``[B, T, E]``, ``D`` ``[B, E]``, ``T`` ``[B, T, E]`` ->
-    ``h̄`` ``[B, T, E]`` (``[B, T, 3E]`` with ``fusion: concat``) -> towers -> logits ``{t: [B]}``.
+    ``[B, K = N + D + T, E]`` -> ``h̄`` ``[B, T, E]`` = the fusion weights ``[B, T, K]`` (Eq. 4-7,
+    :meth:`_fusion_weights`) times the experts (``[B, T, 3E]``, ``[S; α_d D; α_t T]``, with
+    ``fusion: concat``) -> towers -> logits ``{t: [B]}``.
     """
 
     config_class = M3oEConfig
@@ -232,18 +235,19 @@ class M3oE(MDMTModel):
             return {n: float(self.fusion_weight(n)) for n in self._used_weights()}
 
     # ---- fusion (Eq. 5-6) ---------------------------------------------------------------------
-    def _domain_module(self, dom_exp: Tensor, dom: Tensor) -> Tensor:
-        """Eq. 5 for every row: ``β_d f^d + (1 − β_d)/(D − 1) Σ_{d'≠d} f^{d'}`` -> ``[B, E]``.
-
-        One weighted sum over the domain experts with per-row coefficients ``[B, D]``:
-        ``β_d`` on the row's own domain, ``(1 − β_d)/(D − 1)`` on every other."""
+    def _domain_coefficients(self, dom: Tensor, dtype: torch.dtype) -> Tensor:
+        """Eq. 5's weights of the domain experts per row: ``β_d`` on the row's own domain,
+        ``(1 − β_d)/(D − 1)`` on every other one -> ``[B, D]`` (``[B, 1]`` of ones when ``D = 1``)."""
         D = self.num_domains
         if D == 1:
-            return dom_exp[:, 0]
+            return torch.ones(dom.shape[0], 1, dtype=dtype, device=dom.device)
         beta = self.fusion_weight("beta_d")
         c = (1 - beta) / (D - 1)
-        coef = c + (beta - c) * F.one_hot(dom, D).to(dom_exp.dtype)  # [B, D]
-        return (dom_exp * coef.unsqueeze(-1)).sum(1)
+        return c + (beta - c) * F.one_hot(dom, D).to(dtype)  # [B, D]
+
+    def _domain_module(self, dom_exp: Tensor, dom: Tensor) -> Tensor:
+        """Eq. 5 for every row: ``β_d f^d + (1 − β_d)/(D − 1) Σ_{d'≠d} f^{d'}`` -> ``[B, E]``."""
+        return (dom_exp * self._domain_coefficients(dom, dom_exp.dtype).unsqueeze(-1)).sum(1)
 
     def _task_coefficients(self) -> tuple[Tensor, Tensor]:
         """Eq. 6 as ``c Σ_all f + k f^t``: ``c = (1 − β_t)/(T − 1)`` and ``k = β_t − c``."""
@@ -253,6 +257,27 @@ class M3oE(MDMTModel):
             return torch.zeros_like(beta), torch.ones_like(beta)
         c = (1 - beta) / (T - 1)
         return c, beta - c
+
+    def _fusion_weights(self, gate: Tensor | None, dom: Tensor, dtype: torch.dtype) -> Tensor:
+        """Eq. 4-7 as the weight of every expert in ``h̄_{d,t}`` -> ``[B, T, K]`` (experts in their
+        stack order: shared, domain, task)::
+
+            h̄_{d,t} = Σ_n g^{d,t}_n f^n                                       # S, Eq. 4
+                    + α_d (β_d f^d + (1 − β_d)/(D − 1) Σ_{d'≠d} f^{d'})       # α_d D, Eq. 5, 7
+                    + α_t (β_t f^t + (1 − β_t)/(T − 1) Σ_{t'≠t} f^{t'})       # α_t T, Eq. 6, 7
+
+        ``gate``: the softmax gates ``[B, T, N]`` (None with one shared expert: its weight is 1).
+        """
+        B, T = dom.shape[0], self.num_tasks
+        parts = [gate if gate is not None else torch.ones(B, T, 1, dtype=dtype, device=dom.device)]  # Eq. 4
+        if self.use_domain:  # Eq. 5, times α_d: the same weights for every task
+            w_d = self.fusion_weight("alpha_d") * self._domain_coefficients(dom, dtype)  # [B, D]
+            parts.append(w_d.unsqueeze(1).expand(B, T, -1))
+        if self.use_task:  # Eq. 6, times α_t: c on every task expert, β_t = c + k on the task's own
+            c, k = self._task_coefficients()
+            eye = torch.eye(T, dtype=dtype, device=dom.device)
+            parts.append((self.fusion_weight("alpha_t") * (c + k * eye)).unsqueeze(0).expand(B, T, T))
+        return torch.cat(parts, dim=-1)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
@@ -268,53 +293,34 @@ class M3oE(MDMTModel):
         h = self.w_c(f_dr) + self.f_da(x)  # [B, H]
         # Eq. 3: every expert on h_d (shared, then domain, then task experts)
         experts = self.experts(h)  # [B, K, E]
-        # one split (its backward is one concatenation, not a zero-filled tensor per slice)
-        shared, dom_exp, task_exp = experts.split([N, self.num_domain_experts, self.num_task_experts], dim=1)
-        # Eq. 4: S(h_d) = softmax(f_gate^{d,t}(h_d)) f_E(h_d), the D×T gates by segment GEMM
-        if N > 1:
-            g = torch.softmax(seg.linear(h, self.gate_weight, self.gate_bias).view(B, T, N), dim=-1)
-            s = torch.bmm(g, shared)  # [B, T, E]
-        else:  # one shared expert: every gate is 1
-            s = shared.expand(B, T, shared.shape[-1])
-        parts = [s]
-        if cfg.fusion == "gated":
-            mod_g = torch.softmax(seg.linear(h, self.module_gate_weight, self.module_gate_bias)
-                                  .view(B, T, self.num_modules), dim=-1)  # [B, T, M]
-            if self.use_domain:
-                dg = torch.softmax(seg.linear(h, self.domain_gate_weight, self.domain_gate_bias), dim=-1)
-                parts.append(torch.bmm(dg.unsqueeze(1), dom_exp).expand(B, T, -1))  # [B, T, E]
-            if self.use_task:
-                tg = torch.softmax(self.task_gate(h).view(B, T, T), dim=-1)
-                parts.append(torch.bmm(tg, task_exp))  # [B, T, E]
-            h_bar = (torch.stack(parts, dim=-1) * mod_g.unsqueeze(2)).sum(-1)  # [B, T, E]
-        elif cfg.fusion == "concat":  # Table 3 "concat modules": [S; α_d D; α_t T]
-            if self.use_domain:
-                parts.append(self.fusion_weight("alpha_d") * self._domain_module(dom_exp, dom).unsqueeze(1).expand(B, T, -1))
-            if self.use_task:
-                c, k = self._task_coefficients()
-                parts.append(self.fusion_weight("alpha_t") * (c * task_exp.sum(1, keepdim=True) + k * task_exp))
-            h_bar = torch.cat(parts, dim=-1)
+        # Eq. 4: the D×T softmax gates over the shared experts, by segment GEMM (one expert: every gate is 1)
+        gate = torch.softmax(seg.linear(h, self.gate_weight, self.gate_bias).view(B, T, N), dim=-1) if N > 1 else None
+        if cfg.fusion == "weighted":
+            # Eq. 4-7: h̄_{d,t} = S + α_d D + α_t T, one weighted sum over the expert stack; its
+            # backward gives the experts' gradient as one tensor
+            h_bar = torch.bmm(self._fusion_weights(gate, dom, experts.dtype), experts)  # [B, T, E]
         else:
-            # Eq. 7: h̄_{d,t} = S + α_d D + α_t T, built task-major ([T, B, E]) for the towers
-            base = s[:, 0] if N == 1 else None  # S, the same for every task with one shared expert
-            if self.use_domain:  # Eq. 5
-                d_term = self.fusion_weight("alpha_d") * self._domain_module(dom_exp, dom)  # α_d D: [B, E]
-                base = d_term if base is None else base + d_term
-            if self.use_task:  # Eq. 6: β_t f^t + (1 − β_t)/(T − 1) Σ_{t'≠t} f^{t'} = c Σ_all f + (β_t − c) f^t
-                c, k = self._task_coefficients()
-                alpha_t = self.fusion_weight("alpha_t")
-                if T > 1:
-                    t_all = (alpha_t * c) * task_exp.sum(1)  # [B, E]
-                    base = t_all if base is None else base + t_all
-                t_own = (alpha_t * k) * task_exp.transpose(0, 1)  # [T, B, E]
-                h_bar = t_own if base is None else t_own + base
-            else:
-                h_bar = base.unsqueeze(0).expand(T, B, -1) if base is not None else None
-            if N > 1:
-                h_bar = s.transpose(0, 1) if h_bar is None else h_bar + s.transpose(0, 1)
-            elif h_bar is None:
-                h_bar = s.transpose(0, 1)
-            h_bar = h_bar.transpose(0, 1)  # [B, T, E] view
+            shared, dom_exp, task_exp = experts.split([N, self.num_domain_experts, self.num_task_experts], dim=1)
+            s = torch.bmm(gate, shared) if gate is not None else shared.expand(B, T, shared.shape[-1])  # S: [B, T, E]
+            parts = [s]
+            if cfg.fusion == "gated":
+                mod_g = torch.softmax(seg.linear(h, self.module_gate_weight, self.module_gate_bias)
+                                      .view(B, T, self.num_modules), dim=-1)  # [B, T, M]
+                if self.use_domain:
+                    dg = torch.softmax(seg.linear(h, self.domain_gate_weight, self.domain_gate_bias), dim=-1)
+                    parts.append(torch.bmm(dg.unsqueeze(1), dom_exp).expand(B, T, -1))  # [B, T, E]
+                if self.use_task:
+                    tg = torch.softmax(self.task_gate(h).view(B, T, T), dim=-1)
+                    parts.append(torch.bmm(tg, task_exp))  # [B, T, E]
+                h_bar = (torch.stack(parts, dim=-1) * mod_g.unsqueeze(2)).sum(-1)  # [B, T, E]
+            else:  # Table 3 "concat modules": [S; α_d D; α_t T]
+                if self.use_domain:
+                    d_mod = self._domain_module(dom_exp, dom)  # Eq. 5: [B, E]
+                    parts.append(self.fusion_weight("alpha_d") * d_mod.unsqueeze(1).expand(B, T, -1))
+                if self.use_task:
+                    c, k = self._task_coefficients()  # Eq. 6
+                    parts.append(self.fusion_weight("alpha_t") * (c * task_exp.sum(1, keepdim=True) + k * task_exp))
+                h_bar = torch.cat(parts, dim=-1)
         # Eq. 8: tower (d, t) on h̄_{d,t}; rows of task t stacked after task t-1, segments t·D + d
         z = h_bar.transpose(0, 1).reshape(T * B, -1)  # [T·B, in]
         offsets = seg.repeat_offsets(T)
@@ -331,6 +337,7 @@ class _MLPWithNorm(nn.Sequential):
     def __init__(self, in_dim: int, widths: list[int]) -> None:
         layers: list[nn.Module] = []
         for w in widths:
-            layers += [nn.Linear(in_dim, w), nn.LayerNorm(w), nn.ReLU()]
+            # in place: LayerNorm's backward reads its input, never its output
+            layers += [nn.Linear(in_dim, w), nn.LayerNorm(w), nn.ReLU(inplace=True)]
             in_dim = w
         super().__init__(*layers)
