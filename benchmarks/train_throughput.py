@@ -38,7 +38,9 @@ to end and model only.
 
 Timing: the rows of one comparison (or a model alone) are timed round by round, each round one
 end-to-end and one model-only step of every row, the order rotated from round to round (``--steps``
-rounds after ``--warmup``), so all paths see the same machine load; step times are the medians.
+rounds after ``--warmup``), so all paths see the same machine load. Step times are the medians over
+the rounds; every ratio of two paths (end to end ÷ model only, registered ÷ hand-written, PMTA ÷
+its base model) is the median over the rounds of the two paths' ratio in that round.
 The machine is printed and saved with the results in ``benchmarks/results/train_throughput.json``.
 
 With ``--dataset ml100k`` each model gets the settings of its ``mdmt`` row in ``--bench-config``
@@ -509,9 +511,13 @@ class _Timed:
             if timed:
                 self.model_times.append(time.perf_counter() - t0)
 
+    def e2e_rounds(self) -> list[float]:
+        """End-to-end step time of every timed round, the epoch start amortised."""
+        return [t + self.gather_seconds / len(self.it) for t in self.e2e_times]
+
     def result(self, steps: int) -> dict[str, Any]:
         model, bs = self.model, len(self.fixed)
-        e2e_step_s = statistics.median(self.e2e_times) + self.gather_seconds / len(self.it)
+        e2e_step_s = statistics.median(self.e2e_rounds())
         arch_step_s = statistics.median(self.arch_times[-steps:]) if self.arch_times else 0.0
         model_step_s = statistics.median(self.model_times)
         flops = _flops_per_step(model, self.fixed, model.task_names)
@@ -536,7 +542,9 @@ class _Timed:
             "steps_per_epoch": len(self.it),
             "e2e_samples_per_sec": bs / e2e_step_s,
             "model_samples_per_sec": bs / model_step_s,
-            "ratio": e2e_step_s / model_step_s,
+            "ratio": _paired(self.e2e_rounds(), self.model_times),
+            "e2e_step_seconds_rounds": self.e2e_rounds(),
+            "model_step_seconds_rounds": list(self.model_times),
             "flops_per_step": flops,
             "flops_per_sample": flops / bs,
             "e2e_flops_per_sec": flops / e2e_step_s,
@@ -574,11 +582,11 @@ def comparisons(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name in HAND_WRITTEN:
         reg, hand = by.get((name, "registered")), by.get((name, "hand-written"))
         if reg and hand:
-            e2e = reg["e2e_step_seconds"] / hand["e2e_step_seconds"]
+            e2e = _paired(reg["e2e_step_seconds_rounds"], hand["e2e_step_seconds_rounds"])
             out["hand_written"].append({
                 "model": name,
                 "e2e_ratio": e2e,
-                "model_ratio": reg["model_step_seconds"] / hand["model_step_seconds"],
+                "model_ratio": _paired(reg["model_step_seconds_rounds"], hand["model_step_seconds_rounds"]),
                 "same_params": reg["params"] == hand["params"],
                 "same_flops": reg["flops_per_step"] == hand["flops_per_step"],
                 "within_target": e2e <= TARGET_HAND_RATIO,
@@ -591,21 +599,27 @@ def comparisons(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "base_flops_per_sample": base["flops_per_sample"],
             "extra_flops_per_sample": pm["flops_per_sample"] - base["flops_per_sample"],
             "flops_ratio": pm["flops_per_sample"] / base["flops_per_sample"],
-            "e2e_time_ratio": pm["e2e_step_seconds"] / base["e2e_step_seconds"],
-            "model_time_ratio": pm["model_step_seconds"] / base["model_step_seconds"],
+            "e2e_time_ratio": _paired(pm["e2e_step_seconds_rounds"], base["e2e_step_seconds_rounds"]),
+            "model_time_ratio": _paired(pm["model_step_seconds_rounds"], base["model_step_seconds_rounds"]),
         }
         if warm:
             out["pmta"].update({
                 "warm_flops_per_sample": warm["flops_per_sample"],
                 "warm_trainable_params": warm["trainable_params"],
-                "warm_e2e_time_ratio": warm["e2e_step_seconds"] / base["e2e_step_seconds"],
-                "warm_vs_cold_e2e_time_ratio": warm["e2e_step_seconds"] / pm["e2e_step_seconds"],
+                "warm_e2e_time_ratio": _paired(warm["e2e_step_seconds_rounds"], base["e2e_step_seconds_rounds"]),
+                "warm_vs_cold_e2e_time_ratio": _paired(warm["e2e_step_seconds_rounds"], pm["e2e_step_seconds_rounds"]),
             })
     for r in ok:
         if r["has_valid_step"]:
             out["automl"].append({"label": r["label"], "arch_step_seconds": r["arch_step_seconds"],
                                   "arch_share_of_e2e": r["arch_share_of_e2e"]})
     return out
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a[i] / b[i]``: two paths timed in the same round ran under the same
+    machine load, so their ratio is steadier than the ratio of the two medians on a shared machine."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def _load_average() -> float | None:

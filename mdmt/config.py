@@ -108,6 +108,10 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(default=None, ge=1, description=(
         "CPU threads torch uses; null = the CPUs this process may run on (its affinity and cgroup "
         "quota, not the host's core count). On a shared machine set it to the cores you can have"))
+    keep_host_memory: bool = Field(default=True, description=(
+        "CPU training: the C library keeps freed memory for reuse (glibc mallopt: no mmap per large "
+        "block, no trimming), so the step's large tensors are not page-faulted afresh every step; the "
+        "process then keeps its peak memory until it exits. false = the C library's defaults"))
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description=(
         "cut every epoch after this many steps (quick trials); null = whole epochs"))
     embedding_init_std: float = Field(default=0.01, gt=0, description="standard deviation of embedding initialisation")

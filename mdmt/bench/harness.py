@@ -74,7 +74,7 @@ __all__ = [
 CELL_FORMAT = 1  #: version of the per-run JSON layout written under ``cells/``
 
 #: Training settings that do not change a run's results; they are left out of the fingerprint.
-_NON_RESULT_TRAIN_KEYS = ("progress", "device", "num_threads", "eval_batch_size")
+_NON_RESULT_TRAIN_KEYS = ("progress", "device", "num_threads", "eval_batch_size", "keep_host_memory")
 
 
 def slugify(text: str) -> str:

@@ -31,6 +31,7 @@ from ..data.loader import BatchIterator
 from ..models.base import MDMTModel, OptimGroup
 from .arch import ArchSteps, holdout_rows
 from .checkpoint import atomic_save, load_checkpoint, load_weights, rng_state, set_rng_state
+from .hostmem import keep_freed_memory
 from .loss import multitask_loss
 
 __all__ = ["Trainer", "BatchSource", "FitResult", "seed_everything", "resolve_device", "atomic_save", "predict"]
@@ -172,6 +173,8 @@ class Trainer:
         self.run_dir = run_dir
         self.tag = tag
         self.device = resolve_device(cfg.device)
+        if cfg.keep_host_memory and self.device.type == "cpu":
+            keep_freed_memory()  # no fresh pages for the step's large tensors (mdmt.train.hostmem)
         self.model.to(self.device)
         self.task_names = model.task_names
         if task_weights is not None and len(task_weights) != len(self.task_names):
