@@ -193,7 +193,7 @@ class _HandWritten(nn.Module):
 
     ``x = [E[ids] per id column ; E_domain[domain] ; mean-pooled sequences ; dense]``, with id
     dropout in training (an id of an id column becomes OOV = 1 with probability ``p``; padding = 0
-    stays). Parameters in the registered model's order: the tables, then the domain embedding.
+    stays), as :class:`mdmt.embeddings.EmbeddingCollection` computes it.
     """
 
     def __init__(self, layout: EmbeddingLayout, task_names: list[str]) -> None:
@@ -233,7 +233,8 @@ class _HandWritten(nn.Module):
             parts.append(self.domain_table.index_select(0, domain))
         for t, name in lay.sequences:
             ids = batch.sequences[name]
-            e = self._rows(t, ids, domain) * (ids != 0).unsqueeze(-1).to(torch.float32)
+            e = self._rows(t, ids, domain)
+            e = e * (ids != 0).unsqueeze(-1).to(e.dtype)
             parts.append(e.sum(1) / batch.seq_lengths[name].clamp(min=1).to(e.dtype).unsqueeze(-1))
         if lay.num_dense:
             parts.append(batch.dense)

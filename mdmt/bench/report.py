@@ -905,8 +905,10 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     out = [
         f"Peak: `torch.mm` on 2048×2048 float32, best of {s.get('mm_repeats', '?')}: "
         f"**{(peak or 0) / 1e9:,.1f} GFLOP/s**. Data: {rows_desc}; "
-        f"batch {s.get('batch_size', '?')}; step times are medians of {s.get('steps', '?')} timed steps per path, "
-        f"every path of the rows timed together interleaved (after {s.get('warmup', '?')} warm-up steps); "
+        f"batch {s.get('batch_size', '?')}; the rows of a comparison are timed together, round by round (one step "
+        f"of every path per round, in rotated order; {s.get('steps', '?')} rounds after {s.get('warmup', '?')} "
+        f"warm-up rounds): step times are medians over the rounds, and each ratio of two paths is the median of "
+        f"their ratio within a round; "
         f"device {s.get('device', 'cpu')}, {s.get('threads', '?')} threads. Load average (1 min) before / after the run: "
         f"{s.get('load_average_1min_before', '?')} / {s.get('load_average_1min_after', '?')} "
         f"(other work on the machine lowers every figure).",
