@@ -188,12 +188,29 @@ def _uniform_(t: Tensor, fan_in: int) -> Tensor:
     return nn.init.uniform_(t, -b, b)
 
 
+class _Bag(torch.autograd.Function):
+    """``out_b = Σ_l w_bl · E[ids_bl]`` (a weighted mean of a sequence's embeddings) with the kernels
+    the library uses: ``embedding_bag`` forward, one ``index_add_`` backward."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor, w: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids, w)
+        ctx.rows = weight.shape[0]
+        return F.embedding_bag(ids, weight, mode="sum", per_sample_weights=w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        ids, w = ctx.saved_tensors
+        per_id = (w.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[-1])
+        return grad.new_zeros(ctx.rows, grad.shape[-1]).index_add_(0, ids.reshape(-1), per_id), None, None
+
+
 class _HandWritten(nn.Module):
     """Base of the references: the embedding input, written out with plain tensor ops.
 
     ``x = [E[ids] per id column ; E_domain[domain] ; mean-pooled sequences ; dense]``, with id
     dropout in training (an id of an id column becomes OOV = 1 with probability ``p``; padding = 0
-    stays), as :class:`mdmt.embeddings.EmbeddingCollection` computes it.
+    stays), as :class:`mdmt.embeddings.EmbeddingCollection` computes it, with the same kernels.
     """
 
     def __init__(self, layout: EmbeddingLayout, task_names: list[str]) -> None:
@@ -231,11 +248,12 @@ class _HandWritten(nn.Module):
         parts = [self._rows(t, sparse[:, col], domain) for t, col in lay.sparse]
         if self.domain_table is not None:
             parts.append(self.domain_table.index_select(0, domain))
-        for t, name in lay.sequences:
-            ids = batch.sequences[name]
-            e = self._rows(t, ids, domain)
-            e = e * (ids != 0).unsqueeze(-1).to(e.dtype)
-            parts.append(e.sum(1) / batch.seq_lengths[name].clamp(min=1).to(e.dtype).unsqueeze(-1))
+        for t, name in lay.sequences:  # the mean over the true length: weights 1/len, 0 at padding
+            ids, table = batch.sequences[name], self.tables[t]
+            w = (ids != 0).to(table.dtype) / batch.seq_lengths[name].clamp(min=1).to(table.dtype).unsqueeze(-1)
+            if lay.per_domain_rows[t]:
+                ids = ids + (domain * lay.per_domain_rows[t]).unsqueeze(-1)
+            parts.append(_Bag.apply(table, ids, w))
         if lay.num_dense:
             parts.append(batch.dense)
         return torch.cat(parts, dim=-1)
