@@ -587,11 +587,6 @@ def measure_group(rows: list[Row], prepared: Any, args: argparse.Namespace, devi
     return [t.result(args.steps) for t in timed]
 
 
-def measure_model(name: str, prepared: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Throughput, step-time ratio and FLOPs of one registered model alone (see the module docstring)."""
-    return measure_group([Row(name, name)], prepared, args, device)[0]
-
-
 def comparisons(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The same-run comparisons from the measured rows: registered ÷ hand-written, PMTA over its
     base model, warm-started PMTA, and the AutoML step's share (models with an architecture step)."""
