@@ -84,3 +84,10 @@ def predict_out_under_a_file(ws: Workspace) -> list[str]:
 def predict_missing_input(ws: Workspace) -> list[str]:
     ws.trained_run()
     return ["predict", "runs/done", "nothing.csv", "--out", "scores.parquet"]
+
+
+@bad_input("cli", "bench: proposed names an entry that does not exist", expect="are not entry labels")
+def bench_proposed_unknown(ws: Workspace) -> list[str]:
+    ws.write("bench.yaml", "name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp}]\n"
+                           "seeds: [0]\nbaseline: best\nproposed: [B]\noutput_dir: out\n")
+    return ["bench", "bench.yaml"]
