@@ -105,8 +105,21 @@ def _calibration_section(path: Path) -> str:
     ).rstrip() + "\n"
 
 
-def _ship_sections(predict_json: Path, serve_json: Path) -> str:
-    """Markdown for the scoring benchmarks of a shipped model (empty when they were not run)."""
+# The service load tests, each with the command that writes its JSON: MMoE (the issue's bar) and PMTA
+# (the same bar; trained on fewer rows, since the model's shape, not its quality, sets the speed).
+SERVE_RUNS = (
+    ("python benchmarks/serve_load.py", "serve_load.json"),
+    ("python benchmarks/serve_load.py --model pmta --train-rows 20000 --out benchmarks/results/serve_load_pmta.json",
+     "serve_load_pmta.json"),
+)
+
+
+def _ship_sections(predict_json: Path, serve_jsons: list[tuple[Path, str]]) -> str:
+    """Markdown for the scoring benchmarks of a shipped model (empty when they were not run).
+
+    ``serve_jsons``: ``serve_load.py`` results with the command that writes each, one section each (MMoE
+    first, then other models such as PMTA).
+    """
     import json
 
     parts = []
@@ -135,14 +148,16 @@ def _ship_sections(predict_json: Path, serve_json: Path) -> str:
                          f"{r['rows_per_s']:,.0f} | "
                          f"{per_cpu} | {r['read_s']:.2f} | {r['encode_s']:.2f} | {r['model_s']:.2f} | {r['write_s']:.2f} |")
         parts.append("")
-    if serve_json.exists():
+    for serve_json, command in serve_jsons:
+        if not serve_json.exists():
+            continue
         d = json.loads(serve_json.read_text())
         load = d.get("load_average_1min", {})
         bar = d.get("bar", {})
         parts += [
-            "## HTTP service load test (`mdmt serve`)",
+            f"## HTTP service load test (`mdmt serve`): {d['model']}",
             "",
-            "Regenerate: `python benchmarks/serve_load.py`",
+            f"Regenerate: `{command}`",
             "",
             f"Machine: {d['machine_line']} (1-minute load average {load.get('before', float('nan')):.1f} before, "
             f"{load.get('after', float('nan')):.1f} after; the load client runs on the same cores). "
@@ -190,14 +205,14 @@ def main(argv: list[str] | None = None) -> Path:
     out = write_benchmarks_md(benches, args.throughput, out=args.out,
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
     extra = _speed_sections(RESULTS / "loader_speed.json", RESULTS / "metrics_speed.json")
-    ship = _ship_sections(RESULTS / "predict_speed.json", RESULTS / "serve_load.json")
+    ship = _ship_sections(RESULTS / "predict_speed.json", [(RESULTS / f, c) for c, f in SERVE_RUNS])
     extra = "\n".join(x for x in (extra, _calibration_section(RESULTS / "calibration_synthetic.md"), ship) if x)
     if extra:
         text = Path(out).read_text()
         cmds = [c for c, f in (("python benchmarks/loader_speed.py", "loader_speed.json"),
                                ("python benchmarks/metrics_speed.py", "metrics_speed.json"),
-                               ("python benchmarks/predict_speed.py", "predict_speed.json"),
-                               ("python benchmarks/serve_load.py", "serve_load.json")) if (RESULTS / f).exists()]
+                               ("python benchmarks/predict_speed.py", "predict_speed.json"), *SERVE_RUNS)
+                if (RESULTS / f).exists()]
         last = "python benchmarks/make_benchmarks_md.py\n```"
         text = text.replace(last, "".join(c + "\n" for c in cmds) + last, 1)
         Path(out).write_text(text.rstrip("\n") + "\n\n" + extra)
