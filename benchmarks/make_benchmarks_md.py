@@ -7,7 +7,8 @@ Inputs (each produced by a command in this repository):
 * ``benchmarks/results/train_throughput.json`` — written by ``python benchmarks/train_throughput.py``;
 * ``benchmarks/results/train_throughput_ml100k.json`` — written by ``python benchmarks/train_throughput.py
   --dataset ml100k --batch-size 40960 --models m3oe --out benchmarks/results/train_throughput_ml100k.json``
-  (M3oE at the official code's configuration);
+  (M3oE at the official code's configuration, 1 thread), and ``train_throughput_ml100k_2threads.json`` —
+  the same with ``--threads 2 --out benchmarks/results/train_throughput_ml100k_2threads.json`` (both cores);
 * ``benchmarks/results/loader_speed.json`` and ``metrics_speed.json`` — written by
   ``python benchmarks/loader_speed.py`` and ``python benchmarks/metrics_speed.py``;
 * ``benchmarks/results/calibration_synthetic.md`` — written by
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--benches", nargs="*", default=None,
                    help="bench output directories (default: every directory under benchmarks/results with a meta.json)")
     p.add_argument("--throughput", nargs="*", default=[str(RESULTS / "train_throughput.json"),
-                                                       str(RESULTS / "train_throughput_ml100k.json")],
+                                                       str(RESULTS / "train_throughput_ml100k.json"),
+                                                       str(RESULTS / "train_throughput_ml100k_2threads.json")],
                    help="throughput JSONs, each rendered as its own table (missing files are skipped)")
     p.add_argument("--out", default="BENCHMARKS.md")
     args = p.parse_args(argv)

@@ -1057,6 +1057,8 @@ def write_benchmarks_md(
         if len(tps) > 1:
             s = tp.get("settings", {})
             what = ("MovieLens-100K" if s.get("dataset") == "ml100k" else "synthetic data") + f", batch {s.get('batch_size', '?')}"
+            if s.get("threads") is not None:
+                what += f", {s['threads']} thread{'s' if s['threads'] != 1 else ''}"
             parts += [f"### {what}", ""]
         parts += [f"Regenerate: `{tp.get('command') or 'python benchmarks/train_throughput.py'}`", ""]
         if tp.get("machine"):
