@@ -46,6 +46,7 @@ from ..schema import ConfigError, StrictModel, parse_config
 
 __all__ = [
     "BenchEntry",
+    "BenchWarmStart",
     "BenchReference",
     "BenchConfig",
     "CellKey",
@@ -53,6 +54,9 @@ __all__ = [
     "load_bench_config",
     "grid_keys",
     "cell_experiment",
+    "cell_run_dir",
+    "cell_fingerprint",
+    "warm_source",
     "entry_params",
     "entry_embedding",
     "fingerprint",
@@ -83,6 +87,23 @@ def slugify(text: str) -> str:
     return slug or "x"
 
 
+class BenchWarmStart(StrictModel):
+    """Parameter warm-up inside a bench (PMTA §2.4): each seed of an entry starts from the best weights of
+    another entry's run on the same data set and seed (``mdmt train --warm-start``, per seed).
+
+    Attributes:
+        entry: label of the source entry; it must come earlier in ``entries`` (so its run of every seed
+            is trained first) and use the same regime.
+        freeze: keep the loaded parameters fixed (``--freeze-loaded``).
+        lr: learning rate of the loaded parameters in a group of their own (default: ``train.lr``);
+            ignored with ``freeze``.
+    """
+
+    entry: str
+    freeze: bool = False
+    lr: float | None = Field(default=None, gt=0)
+
+
 class BenchEntry(StrictModel):
     """One row of the benchmark table: a registered model trained under one regime.
 
@@ -96,6 +117,8 @@ class BenchEntry(StrictModel):
         train: overrides of :class:`~mdmt.config.TrainConfig` fields for this entry only.
         embedding: overrides of the bench's ``embedding`` settings for this entry only (e.g.
             ``{id_dropout: 0.0}`` to measure id dropout off).
+        warm_start: start every seed from another entry's run of that seed (:class:`BenchWarmStart`),
+            e.g. PMTA warm-started from the SharedBottom row whose backbone and towers it shares.
     """
 
     label: str
@@ -104,6 +127,7 @@ class BenchEntry(StrictModel):
     regime: Literal["mdmt", "mtl", "mdl", "cell"] = "mdmt"
     train: dict[str, Any] = Field(default_factory=dict)
     embedding: dict[str, Any] = Field(default_factory=dict)
+    warm_start: BenchWarmStart | None = None
 
 
 class BenchReference(StrictModel):
@@ -221,6 +245,18 @@ class BenchConfig(StrictModel):
             bad = sorted(set(e.embedding) - set(EmbeddingConfig.model_fields))
             if bad:
                 raise ValueError(f"entry {e.label!r}: unknown embedding override(s) {bad}")
+            if e.warm_start is not None:
+                if "warm_start" in e.train:
+                    raise ValueError(f"entry {e.label!r}: give the warm start as entry.warm_start, not train.warm_start")
+                src = e.warm_start.entry
+                if src not in labels:
+                    raise ValueError(f"entry {e.label!r}: warm_start.entry {src!r} is not an entry label; labels: {labels}")
+                if labels.index(src) >= labels.index(e.label):
+                    raise ValueError(f"entry {e.label!r}: warm_start.entry {src!r} must come before it in entries "
+                                     "(its runs are trained first)")
+                if self.entry(src).regime != e.regime:
+                    raise ValueError(f"entry {e.label!r}: warm_start.entry {src!r} has regime "
+                                     f"{self.entry(src).regime!r}, this entry {e.regime!r}; they must match")
         return self
 
     def entry(self, label: str) -> BenchEntry:
@@ -276,15 +312,31 @@ def grid_keys(cfg: BenchConfig) -> list[CellKey]:
     return [CellKey(ds, e.label, s) for ds in cfg.datasets for e in cfg.entries for s in cfg.seeds]
 
 
+def cell_run_dir(cfg: BenchConfig, key: CellKey) -> Path:
+    """The run directory of one run: ``<output_dir>/runs/<dataset>/<label slug>/seed<seed>``."""
+    return Path(cfg.output_dir) / "runs" / key.dataset / slugify(key.label) / f"seed{key.seed}"
+
+
+def warm_source(cfg: BenchConfig, key: CellKey) -> CellKey | None:
+    """The run ``key`` is warm-started from (same data set and seed), or None."""
+    ws = cfg.entry(key.label).warm_start
+    return None if ws is None else CellKey(key.dataset, ws.entry, key.seed)
+
+
 def cell_experiment(cfg: BenchConfig, key: CellKey) -> ExperimentConfig:
     """The :class:`ExperimentConfig` of one run (bench train settings + entry overrides + seed;
-    bench model defaults + entry params; bench embedding settings + entry overrides).
+    bench model defaults + entry params; bench embedding settings + entry overrides; for a
+    warm-started entry, ``train.warm_start`` naming the source entry's run of the same seed).
 
     Per-epoch progress bars are switched off (the bench shows one bar over the grid).
     """
     entry = cfg.entry(key.label)
     train = deep_merge(cfg.train.model_dump(), entry.train)
     train.update(regime=entry.regime, seed=key.seed, progress=False)
+    src = warm_source(cfg, key)
+    if src is not None:
+        ws = entry.warm_start
+        train["warm_start"] = {"run_dir": str(cell_run_dir(cfg, src)), "freeze": ws.freeze, "lr": ws.lr}
     return ExperimentConfig(
         name=f"{cfg.name}/{key.name}",
         data=cfg.datasets[key.dataset],
@@ -308,6 +360,16 @@ def fingerprint(exp: ExperimentConfig) -> str:
         d["train"].pop(k, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cell_fingerprint(cfg: BenchConfig, key: CellKey) -> str:
+    """:func:`fingerprint` of the run's experiment; for a warm-started run, combined with the
+    fingerprint of its source run, so that changing the source's configuration re-runs both."""
+    fp = fingerprint(cell_experiment(cfg, key))
+    src = warm_source(cfg, key)
+    if src is None:
+        return fp
+    return hashlib.sha256(f"{fp}+warm:{cell_fingerprint(cfg, src)}".encode()).hexdigest()
 
 
 def cell_path(output_dir: str | Path, key: CellKey) -> Path:
@@ -366,7 +428,7 @@ def cell_states(cfg: BenchConfig) -> dict[CellKey, tuple[str, dict[str, Any] | N
         rec = read_cell(cell_path(cfg.output_dir, key))
         if rec is None:
             out[key] = ("new", None)
-        elif rec.get("fingerprint") != fingerprint(cell_experiment(cfg, key)):
+        elif rec.get("fingerprint") != cell_fingerprint(cfg, key):
             out[key] = ("changed", rec)
         elif rec.get("code") != code:
             out[key] = ("stale", rec)
@@ -491,7 +553,7 @@ def _record(
         "model": entry.model,
         "regime": entry.regime,
         "seed": key.seed,
-        "fingerprint": fingerprint(exp),
+        "fingerprint": cell_fingerprint(cfg, key),
         "code": code_version(ALL_CODE),
         "experiment": exp.model_dump(mode="json"),
         "valid": result.valid.to_dict(),
@@ -505,6 +567,11 @@ def _record(
         "run_dir": str(result.run_dir),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _has_weights(run_dir: Path) -> bool:
+    """``run_dir`` holds a finished run's best weights (what a warm start loads)."""
+    return (run_dir / "units.json").is_file() and any((run_dir / "checkpoints").glob("*-best.pt"))
 
 
 def run_bench(
@@ -586,21 +653,29 @@ def run_bench(
     machine = machine_description()
     with bar:
         task = bar.add_task(f"bench {cfg.name}", total=len(keys), completed=len(done), current="")
-        for key in todo:
+        def run_cell(key: CellKey) -> None:
+            src = warm_source(cfg, key)
+            if src is not None and src not in results.ran and not _has_weights(cell_run_dir(cfg, src)):
+                # the source's record is kept, but not its weights (e.g. a fresh clone): train it again
+                bar.update(task, current=f"{src.dataset} · {src.label} · seed {src.seed} (warm-start source)")
+                run_cell(src)
             bar.update(task, current=f"{key.dataset} · {key.label} · seed {key.seed}")
             if key.dataset not in prepared:
                 prepared.clear()  # keep one data set in memory at a time
                 prepared[key.dataset] = load_prepared(cfg.datasets[key.dataset], data_dir=data_dir, progress=False)
             exp = cell_experiment(cfg, key)
-            run_dir = out / "runs" / key.dataset / slugify(key.label) / f"seed{key.seed}"
             t0 = time.perf_counter()
             result = run_experiment(
-                exp, data_dir=data_dir, run_dir=run_dir, overwrite=True, prepared=prepared[key.dataset], quiet=True
+                exp, data_dir=data_dir, run_dir=cell_run_dir(cfg, key), overwrite=True,
+                prepared=prepared[key.dataset], quiet=True,
             )
             rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
             write_json_atomic(cell_path(out, key), rec)
             results.records[key] = rec
             results.ran.append(key)
+
+        for key in todo:
+            run_cell(key)
             bar.advance(task)
         bar.update(task, current="done")
     if cfg.learnable_ceiling:
