@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mdmt.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
+from mdmt.bench.report import MDD_Z, minimal_detectable_difference  # noqa: E402
 from mdmt.data.ceiling import learnable_ceiling  # noqa: E402
 from mdmt.data.preprocess import prepare, split_frame  # noqa: E402
 from mdmt.data.stats import data_stats  # noqa: E402
@@ -55,7 +56,6 @@ from mdmt.data.synthetic import PRESETS, SyntheticConfig, generate  # noqa: E402
 TOLERANCE = 0.03  #: +-AUC band around the paper's figure (and the mean gap to the ceiling)
 #: cells within TOLERANCE of the paper that the calibration aims at (issue goals)
 GOAL_NEAR = {"douyin": 9, "kuaishou": 13}
-MDD_Z = 1.959964 + 0.841621  #: z_0.975 + z_0.8: 5 % two-sided test at 80 % power
 MIN_TEST_POSITIVES = 150  #: the test positives per cell a bench needs for a stable cell AUC
 #: the bench's training settings (configs/bench/kuaishou_pepnet.yaml)
 BENCH_TRAIN = dict(epochs=5, batch_size=2048, lr=1e-3, weight_decay=1e-5, patience=1, monitor="avg_auc")
@@ -227,7 +227,7 @@ def calibrate(preset: str, cfg: SyntheticConfig, epochs: int, baseline: str, see
         ]
         if len(avg) > 1:
             sd = statistics.stdev(avg)
-            mdd = MDD_Z * sd * math.sqrt(2 / len(avg))
+            mdd = minimal_detectable_difference(sd, len(avg))
             lines += [
                 f"| std of the average test AUC over {len(avg)} seeds ≤ 0.0015 | {sd:.4f} | {'yes' if sd <= 0.0015 else 'no'} |",
                 f"| ≥ {MIN_TEST_POSITIVES} test positives in every cell | fewest: {min_pos:,} | "

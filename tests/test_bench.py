@@ -29,6 +29,7 @@ from mdmt.bench import (
 from mdmt.bench.harness import _validate_models, read_cell, slugify, write_json_atomic
 from mdmt.bench.plots import cell_grid, plot_cell_heatmap, plot_seesaw
 from mdmt.bench.report import (
+    Stat,
     headline,
     markdown_dataset,
     markdown_report,
@@ -729,3 +730,20 @@ def test_headline_states_wins_ties_and_losses_of_the_proposed_entries():
     assert "Weak" in better and "Base" not in better and worse.endswith("none")
     assert headline(summarize(recs, baseline="Base")["toy"]) == []
     assert "**Headline**" in markdown_dataset(s)
+
+
+def test_seed_noise_line_states_the_minimal_detectable_difference():
+    from mdmt.bench.report import MDD_Z, minimal_detectable_difference, seed_noise
+
+    # 2.80 · std · sqrt(2/n): std 0.002 over 5 seeds -> 0.00354
+    assert minimal_detectable_difference(0.002, 5) == pytest.approx(MDD_Z * 0.002 * math.sqrt(2 / 5))
+    assert minimal_detectable_difference(0.002, 5) == pytest.approx(0.003544, abs=1e-6)
+
+    class _S:  # the fields seed_noise reads
+        def __init__(self, stds):
+            self.models = [type("M", (), {"avg_auc": Stat(0.7, sd, 5)})() for sd in stds]
+
+    lines = seed_noise(_S([0.001, 0.003, 0.002]))
+    assert "seed std 0.20" in lines[0] and "0.10–0.30" in lines[0]
+    assert f"**{100 * minimal_detectable_difference(0.002, 5):.2f}**" in lines[0]
+    assert seed_noise(_S([])) == []

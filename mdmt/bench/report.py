@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 SIG_LEVEL = 0.05  #: significance level of the paired t-test marks
+#: z_0.975 + z_0.8: a 5 % two-sided test at 80 % power (the minimal detectable difference)
+MDD_Z = 1.959964 + 0.841621
 BETTER, WORSE = "\\*", "†"  #: markdown marks (the star is escaped so it never starts emphasis)
 
 
@@ -488,6 +490,28 @@ def headline(s: DatasetSummary) -> list[str]:
     return out + [""]
 
 
+def minimal_detectable_difference(std: float, n: int) -> float:
+    """The smallest difference of two means over ``n`` seeds each, with seed standard deviation ``std``,
+    that a 5 % two-sided test detects with 80 % power: ``MDD_Z · std · √(2/n)`` (normal approximation;
+    a paired test over shared seeds detects less when the rows' seed effects are correlated)."""
+    return MDD_Z * std * math.sqrt(2.0 / n) if n > 0 and math.isfinite(std) else math.nan
+
+
+def seed_noise(s: DatasetSummary) -> list[str]:
+    """Markdown lines: the seed standard deviation of Avg AUC over the rows and the difference it lets
+    the table detect, so that a reader sees which differences are within the noise. Empty with fewer
+    than 2 seeds."""
+    stds = sorted(m.avg_auc.std for m in s.models if m.avg_auc.n >= 2 and math.isfinite(m.avg_auc.std))
+    if not stds:
+        return []
+    n = min(m.avg_auc.n for m in s.models if m.avg_auc.n >= 2)
+    med = stds[len(stds) // 2] if len(stds) % 2 else 0.5 * (stds[len(stds) // 2 - 1] + stds[len(stds) // 2])
+    return [f"**Seed noise** (Avg AUC, units of 10⁻²): seed std {100 * med:.2f} (median over rows; "
+            f"{100 * stds[0]:.2f}–{100 * stds[-1]:.2f}); two rows {n} seeds each differ detectably "
+            f"(5 % two-sided, 80 % power: {MDD_Z:.2f} · std · √(2/{n})) from about "
+            f"**{100 * minimal_detectable_difference(med, n):.2f}**.", ""]
+
+
 def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str | None = None) -> str:
     """The papers' layout for one data set.
 
@@ -515,6 +539,7 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
         "",
     ]
     out += headline(s)
+    out += seed_noise(s)
     few_users = set(s.indicative())
 
     def col(c: str, metric: str) -> str:
