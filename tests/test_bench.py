@@ -747,3 +747,13 @@ def test_seed_noise_line_states_the_minimal_detectable_difference():
     assert "seed std 0.20" in lines[0] and "0.10–0.30" in lines[0]
     assert f"**{100 * minimal_detectable_difference(0.002, 5):.2f}**" in lines[0]
     assert seed_noise(_S([])) == []
+
+
+def test_code_line_counts_the_runs_of_each_code_version():
+    from mdmt.bench.report import code_line
+
+    recs = [{"code": {"mdmt": "0.1", "code": "aaa"}}] * 3 + [{"code": {"mdmt": "0.1", "code": "bbb"}}, {}]
+    line = code_line(recs)
+    assert line.startswith("Runs made by: mdmt 0.1, code aaa (3 runs)")
+    assert "code bbb (1 run)" in line and "unrecorded code (1 run)" in line
+    assert code_line([]) == ""

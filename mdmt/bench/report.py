@@ -733,6 +733,20 @@ def model_settings_text(cfg: BenchConfig) -> str:
     return text
 
 
+def code_line(records: Sequence[dict[str, Any]]) -> str:
+    """Which code made the runs: each package version and source hash (``mdmt.provenance``) with its
+    number of runs, so that a table mixing runs of several versions says so."""
+    counts: dict[str, int] = {}
+    for r in records:
+        c = r.get("code") or {}
+        key = f"mdmt {c.get('mdmt', '?')}, code {c.get('code', '?')}" if c else "unrecorded code"
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
+    parts = [f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return "Runs made by: " + "; ".join(parts) + "."
+
+
 def markdown_report(
     cfg: BenchConfig,
     summaries: dict[str, DatasetSummary],
@@ -741,8 +755,10 @@ def markdown_report(
     command: str | None = None,
     machine: dict[str, Any] | None = None,
     heading_level: int = 2,
+    records: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """Markdown for a whole bench: settings, command, machine, one table per data set, images."""
+    """Markdown for a whole bench: settings, command, machine, the code that made the runs (from
+    ``records``), one table per data set, images."""
     h = "#" * heading_level
     entries = ", ".join(f"{e.label} (`{e.model}`, {e.regime})" for e in cfg.entries)
     t = cfg.train
@@ -751,6 +767,8 @@ def markdown_report(
         out += [f"Regenerate: `{command}`", ""]
     if machine:
         out += [f"Machine: {machine_line(machine)}.", ""]
+    if records:
+        out += [code_line(records), ""]
     out += [
         f"Entries: {entries}. Seeds: {', '.join(map(str, cfg.seeds))}.",
         f"Training: epochs ≤ {t.epochs}, batch {t.batch_size}, lr {t.lr:g}, {t.optimizer}, weight decay {t.weight_decay:g}, "
@@ -885,7 +903,8 @@ def write_report(
             plot_seesaw(mat, rl, cols, p, title=f"{cfg.name} · {ds}: AUC change vs {cfg.seesaw_reference} (%)")
             paths[f"seesaw_{ds}.png"] = p
             images[ds] = p.name
-    md = markdown_report(cfg, summaries, images=images, command=command, machine=meta.get("machine"), heading_level=1)
+    md = markdown_report(cfg, summaries, images=images, command=command, machine=meta.get("machine"), heading_level=1,
+                         records=recs)
     paths["results.md"] = out / "results.md"
     _write_text_atomic(paths["results.md"], md)
     return paths
@@ -1055,7 +1074,8 @@ def write_benchmarks_md(
             if p.exists():
                 images[ds] = _relpath(p.resolve(), base)
         n_expected = len(cfg.datasets) * len(cfg.entries) * len(cfg.seeds)
-        body = markdown_report(cfg, summaries, images=images, command=cmd, machine=meta.get("machine"), heading_level=2)
+        body = markdown_report(cfg, summaries, images=images, command=cmd, machine=meta.get("machine"), heading_level=2,
+                               records=recs)
         if len(recs) < n_expected:
             body += f"\n**Incomplete grid: {len(recs)} of {n_expected} runs finished.**\n"
         sections.append(body)
