@@ -757,3 +757,22 @@ def test_code_line_counts_the_runs_of_each_code_version():
     assert line.startswith("Runs made by: mdmt 0.1, code aaa (3 runs)")
     assert "code bbb (1 run)" in line and "unrecorded code (1 run)" in line
     assert code_line([]) == ""
+
+
+def test_valid_table_adds_the_validation_split_beside_the_test_one(tmp_path):
+    from mdmt.bench.report import markdown_report
+
+    cfg = _cfg(tmp_path, valid_table=True, entries=[BenchEntry(label="Base", model="mlp"),
+                                                     BenchEntry(label="Model", model="mlp")], baseline="Base",
+               seesaw_reference=None)
+    recs = _records()
+    for r in recs:  # validation figures 0.1 below the test ones
+        r["valid"] = _eval([c["auc"] - 0.1 for c in r["test"]["cells"]], [0.5, 0.4, 0.3, 0.2], None)
+    test = summarize(recs, cfg.baseline, "test", ["Base", "Model"])
+    md = markdown_report(cfg, test, records=recs)
+    assert "### toy (test split)" in md and "### toy (valid split)" in md
+    assert md.index("### toy (test split)") < md.index("### toy (valid split)")
+    valid = summarize(recs, cfg.baseline, "valid", ["Base", "Model"])
+    assert valid["toy"].model("Base").avg_auc.mean == pytest.approx(test["toy"].model("Base").avg_auc.mean - 0.1)
+    off = markdown_report(cfg.model_copy(update={"valid_table": False}), test, records=recs)
+    assert "valid split" not in off

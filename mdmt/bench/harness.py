@@ -185,6 +185,8 @@ class BenchConfig(StrictModel):
             AUC per cell beside the oracle, with each model's gap to it. Costs one fit per data
             set (cached under ``<output_dir>/ceiling/``, keyed on the data config and the code).
         ceiling_epochs: passes of that fit.
+        valid_table: also show each data set's table on the validation split, so that a choice among
+            variants (an investigation, a sweep) can be made without looking at the test split.
     """
 
     name: str
@@ -201,6 +203,7 @@ class BenchConfig(StrictModel):
     reference: BenchReference | None = None
     learnable_ceiling: bool = False
     ceiling_epochs: int = Field(default=6, ge=1)
+    valid_table: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "BenchConfig":

@@ -245,7 +245,7 @@ def _best_note(s: "DatasetSummary") -> str:
     if not s.best_baseline:
         return ""
     under = f", excluding the entries under study ({', '.join(s.proposed)})" if s.proposed else ""
-    return f" (the best baseline: the highest mean test Avg AUC{under})"
+    return f" (the best baseline: the highest mean {s.split} Avg AUC{under})"
 
 
 def summarize(
@@ -791,6 +791,12 @@ def markdown_report(
         ref = cfg.reference
         if ref is not None and (ref.dataset or next(iter(cfg.datasets))) == ds:
             out += [_reference_markdown(ref), ""]
+        if cfg.valid_table and records:
+            valid = summarize(records, cfg.baseline, "valid", [e.label for e in cfg.entries], proposed=cfg.proposed)
+            if ds in valid:
+                out += ["The same runs on the validation split (the split a choice among these rows may be made on; "
+                        "the test table above is for reporting that choice):", "",
+                        markdown_dataset(valid[ds], data_desc=None), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
