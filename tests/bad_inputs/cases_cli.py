@@ -91,3 +91,11 @@ def bench_proposed_unknown(ws: Workspace) -> list[str]:
     ws.write("bench.yaml", "name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp}]\n"
                            "seeds: [0]\nbaseline: best\nproposed: [B]\noutput_dir: out\n")
     return ["bench", "bench.yaml"]
+
+
+@bad_input("cli", "bench: an entry warm-started from an entry that comes after it", expect="must come before it")
+def bench_warm_start_later_entry(ws: Workspace) -> list[str]:
+    ws.write("bench.yaml", "name: x\ndatasets: {a: {source: synthetic}}\n"
+                           "entries: [{label: P, model: pmta, warm_start: {entry: S}}, {label: S, model: sharedbottom}]\n"
+                           "seeds: [0]\nbaseline: S\noutput_dir: out\n")
+    return ["bench", "bench.yaml"]
