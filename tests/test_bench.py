@@ -776,3 +776,20 @@ def test_valid_table_adds_the_validation_split_beside_the_test_one(tmp_path):
     assert valid["toy"].model("Base").avg_auc.mean == pytest.approx(test["toy"].model("Base").avg_auc.mean - 0.1)
     off = markdown_report(cfg.model_copy(update={"valid_table": False}), test, records=recs)
     assert "valid split" not in off
+
+
+def test_learned_values_of_the_selected_epoch_are_reported_per_entry():
+    from mdmt.bench.report import learned_values_markdown, selected_values
+
+    def rec(seed, best, values):
+        hist = [{"epoch": e + 1, "model_values": {"alpha_d": v}} for e, v in enumerate(values)]
+        return {"dataset": "toy", "label": "M3oE", "seed": seed, "best_epoch": best, "history": hist}
+
+    a, b = rec(0, 2, [0.5, 0.7, 0.9]), rec(1, 1, [0.6, 0.8])
+    assert selected_values(a) == {"alpha_d": 0.7}  # the kept epoch, not the last one
+    assert selected_values({"best_epoch": {"unit": 1}, "history": []}) == {}  # several models
+    lines = learned_values_markdown([a, b, {"dataset": "toy", "label": "MLP", "best_epoch": 1, "history": []}],
+                                    "toy", ["MLP", "M3oE"])
+    assert lines[2] == "- M3oE (2 seeds): alpha_d 0.650 ± 0.071"
+    assert not any("MLP" in x for x in lines)
+    assert learned_values_markdown([], "toy", ["M3oE"]) == []

@@ -733,6 +733,41 @@ def model_settings_text(cfg: BenchConfig) -> str:
     return text
 
 
+def selected_values(rec: dict[str, Any]) -> dict[str, float]:
+    """The values a model reports about itself (``MDMTModel.report_values``, e.g. M3oE's learned α, β)
+    at the epoch whose weights were kept (the best epoch); empty when it reports none or the run has
+    several models (regimes other than ``mdmt``)."""
+    best, hist = rec.get("best_epoch"), rec.get("history") or []
+    if not isinstance(best, int):
+        return {}
+    for h in hist:
+        if h.get("epoch") == best and h.get("model_values"):
+            return {k: float(v) for k, v in h["model_values"].items()}
+    return {}
+
+
+def learned_values_markdown(records: Sequence[dict[str, Any]], dataset: str, labels: Sequence[str]) -> list[str]:
+    """Markdown lines: per entry of ``dataset`` whose runs report values (M3oE's α_d, α_t, β_d, β_t),
+    their mean ± std over seeds at the selected epoch. Empty when no entry reports any."""
+    import statistics
+
+    rows = []
+    for label in labels:
+        per: dict[str, list[float]] = {}
+        for r in records:
+            if r["dataset"] == dataset and r["label"] == label:
+                for k, v in selected_values(r).items():
+                    per.setdefault(k, []).append(v)
+        if per:
+            cells = [f"{k} {statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
+                     for k, v in per.items()]
+            rows.append(f"- {label} ({len(next(iter(per.values())))} seeds): " + ", ".join(cells))
+    if not rows:
+        return []
+    return ["Learned values at the selected epoch (mean ± std over seeds; e.g. M3oE's α of Eq. 7 and β of "
+            "Eq. 5–6, each a sigmoid of a free parameter, Eq. 10):", "", *rows, ""]
+
+
 def code_line(records: Sequence[dict[str, Any]]) -> str:
     """Which code made the runs: each package version and source hash (``mdmt.provenance``) with its
     number of runs, so that a table mixing runs of several versions says so."""
@@ -791,6 +826,8 @@ def markdown_report(
         ref = cfg.reference
         if ref is not None and (ref.dataset or next(iter(cfg.datasets))) == ds:
             out += [_reference_markdown(ref), ""]
+        if records:
+            out += learned_values_markdown(records, ds, [e.label for e in cfg.entries])
         if cfg.valid_table and records:
             valid = summarize(records, cfg.baseline, "valid", [e.label for e in cfg.entries], proposed=cfg.proposed)
             if ds in valid:
