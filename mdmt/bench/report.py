@@ -761,7 +761,8 @@ def learned_values_markdown(records: Sequence[dict[str, Any]], dataset: str, lab
         if per:
             cells = [f"{k} {statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
                      for k, v in per.items()]
-            rows.append(f"- {label} ({len(next(iter(per.values())))} seeds): " + ", ".join(cells))
+            n = len(next(iter(per.values())))
+            rows.append(f"- {label} ({n} seed{'s' if n != 1 else ''}): " + ", ".join(cells))
     if not rows:
         return []
     return ["Learned values at the selected epoch (mean ± std over seeds; e.g. M3oE's α of Eq. 7 and β of "
