@@ -757,6 +757,7 @@ def test_code_line_counts_the_runs_of_each_code_version():
     assert line.startswith("Runs made by: mdmt 0.1, code aaa (3 runs)")
     assert "code bbb (1 run)" in line and "unrecorded code (1 run)" in line
     assert code_line([]) == ""
+    assert "1 of them are copies of identical runs" in code_line([{"code": {}, "copied_from": "other/cells/x.json"}])
 
 
 def test_valid_table_adds_the_validation_split_beside_the_test_one(tmp_path):

@@ -92,3 +92,30 @@ def test_warm_started_entry_loads_the_source_seed_and_keeps_frozen_weights(tmp_p
     res2 = run_bench(cfg2, progress=False, report=False)
     assert res2.ran == [CellKey("tiny", "ShBot", 0), CellKey("tiny", "PMTA warm", 0)]
     assert _best(dst_dir).keys() == dst.keys()
+
+
+def test_an_identical_run_of_another_bench_is_copied_not_trained(tmp_path):
+    from mdmt.bench import run_bench as run
+    from mdmt.bench.harness import BenchEntry as E
+
+    entries = [E(label="ShBot", model="sharedbottom", params=BASE)]
+    first = _cfg(tmp_path, entries=entries, output_dir=str(tmp_path / "results" / "a"))
+    run(first, progress=False, report=False)
+    # another bench beside it: the same run under another label, and a run of another configuration
+    second = _cfg(tmp_path, entries=[E(label="SB again", model="sharedbottom", params=BASE),
+                                     E(label="SB wider", model="sharedbottom", params={**BASE, "tower_hidden": [6]})],
+                  baseline="SB again", output_dir=str(tmp_path / "results" / "b"))
+    res = run(second, progress=False, report=False)
+    assert res.copied == [CellKey("tiny", "SB again", 0)]
+    assert res.ran == [CellKey("tiny", "SB wider", 0)]
+    rec = res.records[CellKey("tiny", "SB again", 0)]
+    orig = res.records[CellKey("tiny", "SB again", 0)]["copied_from"]
+    assert orig == "a/cells/tiny__shbot__seed0.json"
+    assert rec["label"] == "SB again" and rec["bench"] == second.name
+    assert rec["test"] == run(first, progress=False, report=False).records[CellKey("tiny", "ShBot", 0)]["test"]
+    # the copy counts as finished: nothing runs again
+    again = run(second, progress=False, report=False)
+    assert again.ran == [] and again.copied == []
+    # reuse off: trained
+    third = second.model_copy(update={"reuse": False, "output_dir": str(tmp_path / "results" / "c")})
+    assert run(third, progress=False, report=False).copied == []

@@ -187,6 +187,11 @@ class BenchConfig(StrictModel):
         ceiling_epochs: passes of that fit.
         valid_table: also show each data set's table on the validation split, so that a choice among
             variants (an investigation, a sweep) can be made without looking at the test split.
+        reuse: before training a run, look for a finished run with the same fingerprint (configuration,
+            seed and, for a warm start, its source's) made by the same code in the other benches under
+            the same results folder (``output_dir``'s parent); copy its record instead of training it
+            again (its ``copied_from`` names the source, relative to that folder). Training is deterministic given those, so
+            the figures are the ones a new run would give.
     """
 
     name: str
@@ -204,6 +209,7 @@ class BenchConfig(StrictModel):
     learnable_ceiling: bool = False
     ceiling_epochs: int = Field(default=6, ge=1)
     valid_table: bool = False
+    reuse: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "BenchConfig":
@@ -510,7 +516,8 @@ class BenchResults:
         config: the bench config.
         output_dir: where everything was written.
         records: ``{CellKey: run record}`` for every finished run of the grid.
-        ran: runs trained in this call; skipped: runs found finished and reused (same
+        ran: runs trained in this call; copied: runs not trained but copied from another bench's
+            identical run (``BenchConfig.reuse``); skipped: runs found finished and reused (same
             configuration, same code); stale: runs whose record was made by other code and that
             were therefore trained again (a subset of ``ran`` once the call finishes).
         report: ``{artifact: path}`` written by the report (empty when ``report=False``).
@@ -520,6 +527,7 @@ class BenchResults:
     output_dir: Path
     records: dict[CellKey, dict[str, Any]]
     ran: list[CellKey] = field(default_factory=list)
+    copied: list[CellKey] = field(default_factory=list)
     skipped: list[CellKey] = field(default_factory=list)
     stale: list[CellKey] = field(default_factory=list)
     report: dict[str, Path] = field(default_factory=dict)
@@ -570,6 +578,21 @@ def _record(
         "run_dir": str(result.run_dir),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def reusable_runs(cfg: BenchConfig) -> dict[str, Path]:
+    """``{fingerprint: cell file}`` of the finished runs made by the current code in the other benches
+    under ``cfg.output_dir``'s parent (see ``BenchConfig.reuse``)."""
+    out_dir = Path(cfg.output_dir).resolve()
+    code = code_version(ALL_CODE)
+    found: dict[str, Path] = {}
+    for path in sorted(out_dir.parent.glob("*/cells/*.json")):
+        if path.parent.parent.resolve() == out_dir:
+            continue
+        rec = read_cell(path)
+        if rec is not None and rec.get("code") == code and isinstance(rec.get("fingerprint"), str):
+            found.setdefault(rec["fingerprint"], path)
+    return found
 
 
 def _has_weights(run_dir: Path) -> bool:
@@ -656,6 +679,25 @@ def run_bench(
     machine = machine_description()
     with bar:
         task = bar.add_task(f"bench {cfg.name}", total=len(keys), completed=len(done), current="")
+        reusable = reusable_runs(cfg) if cfg.reuse and todo else {}
+        sources = {e.warm_start.entry for e in cfg.entries if e.warm_start is not None}
+
+        def copy_cell(key: CellKey) -> bool:
+            """Copy an identical finished run of another bench (same fingerprint and code), if any; never
+            for a warm-start source, whose weights this bench's own run directory must hold."""
+            if key.label in sources:
+                return False
+            path = reusable.get(cell_fingerprint(cfg, key))
+            rec = read_cell(path) if path is not None else None
+            if rec is None:
+                return False
+            rec = {**rec, "bench": cfg.name, "dataset": key.dataset, "label": key.label,
+                   "copied_from": path.relative_to(Path(cfg.output_dir).resolve().parent).as_posix()}
+            write_json_atomic(cell_path(out, key), rec)
+            results.records[key] = rec
+            results.copied.append(key)
+            return True
+
         def run_cell(key: CellKey) -> None:
             src = warm_source(cfg, key)
             if src is not None and src not in results.ran and not _has_weights(cell_run_dir(cfg, src)):
@@ -678,7 +720,8 @@ def run_bench(
             results.ran.append(key)
 
         for key in todo:
-            run_cell(key)
+            if not copy_cell(key):
+                run_cell(key)
             bar.advance(task)
         bar.update(task, current="done")
     if cfg.learnable_ceiling:
@@ -742,6 +785,8 @@ def read_json(path: str | Path) -> Any:
 def bench_summary(res: BenchResults) -> str:
     """One line: how many runs were trained, reused (same config and code) and recomputed (other code)."""
     line = f"bench {res.config.name}: {len(res.ran)} run(s) trained, {len(res.skipped)} reused"
+    if res.copied:
+        line += f", {len(res.copied)} copied from identical runs of other benches"
     if res.skipped:
         line += f" (same config and code: {_code_text(code_version(ALL_CODE))}) from {Path(res.config.output_dir) / 'cells'}"
     if res.stale:

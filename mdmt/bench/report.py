@@ -780,7 +780,13 @@ def code_line(records: Sequence[dict[str, Any]]) -> str:
     if not counts:
         return ""
     parts = [f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
-    return "Runs made by: " + "; ".join(parts) + "."
+    line = "Runs made by: " + "; ".join(parts) + "."
+    copied = [r["copied_from"] for r in records if r.get("copied_from")]
+    if copied:
+        benches = sorted({c.split("/")[0] for c in copied})
+        line += (f" {len(copied)} of them are copies of identical runs (same configuration, seed and code) of "
+                 f"{', '.join(f'`{b}`' for b in benches)}, not trained again.")
+    return line
 
 
 def markdown_report(
