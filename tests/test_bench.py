@@ -363,6 +363,11 @@ def test_write_report_files_and_reference_kept_apart(tmp_path):
     main_table, ref_part = md.split("Reference figures (not measured")
     assert "published figure" not in main_table and "published figure" in ref_part and "70.80" in ref_part
     assert "![seesaw toy](seesaw_toy.png)" in md
+    assert "| measured here" not in ref_part  # no entry under study: the reference stands alone
+    cfg2 = cfg.model_copy(update={"proposed": ["Model"], "baseline": "Base"})
+    ref2 = write_report(cfg2, recs)["results.md"].read_text().split("Reference figures (not measured")[1]
+    model_avg = float(np.mean([BASE[c][i] + DELTA[c][i] for c in range(4) for i in range(len(SEEDS))]))
+    assert f"| measured here: Model | {100 * model_avg:.2f} ± " in ref2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -681,7 +681,8 @@ def console_tables(summaries: dict[str, DatasetSummary]) -> list[Any]:
     return tables
 
 
-def _reference_markdown(ref: BenchReference) -> str:
+def _reference_markdown(ref: BenchReference, s: DatasetSummary | None = None) -> str:
+    """The reference figures, with the measured rows under study (``s.proposed``) beside them."""
     header = ["Source", "Avg AUC", "Task-pooled AUC", "Avg LogLoss", "Train samples/s", "Note"]
     row = [
         ref.label,
@@ -691,13 +692,23 @@ def _reference_markdown(ref: BenchReference) -> str:
         "—" if ref.train_samples_per_sec is None else f"{ref.train_samples_per_sec:,.0f}",
         ref.note.replace("\n", " ").replace("|", "\\|") or "—",
     ]
+    rows = [row]
+    for label in (s.proposed if s is not None else []):
+        m = s.model(label)
+
+        def ms(st: Stat) -> str:
+            return "—" if not math.isfinite(st.mean) else f"{100 * st.mean:.2f} ± {100 * st.std:.2f}"
+
+        rows.append([f"measured here: {label}", ms(m.avg_auc), ms(m.macro_task_auc), ms(m.avg_logloss),
+                     _fmt_rate(m.samples_per_sec), f"this bench's {label} row, mean ± seed std over {m.avg_auc.n} seeds"])
     out = [
         "#### Reference figures (not measured by this harness)",
         "",
         "Shown for orientation only: obtained outside this bench, with other code, settings or seeds; "
-        "they are not part of the t-test or RelaImpr. Same units (10⁻²).",
+        "they are not part of the t-test or RelaImpr. Rows marked \"measured here\" are this bench's rows "
+        "under study, for comparison. Same units (10⁻²).",
         "",
-        _table(header, [row], ["l", "r", "r", "r", "r", "l"]),
+        _table(header, rows, ["l", "r", "r", "r", "r", "l"]),
     ]
     if ref.cells:
         out += ["", _table(["Cell", "AUC"], [[k, _pct(v)] for k, v in ref.cells.items()])]
@@ -832,7 +843,7 @@ def markdown_report(
             ]
         ref = cfg.reference
         if ref is not None and (ref.dataset or next(iter(cfg.datasets))) == ds:
-            out += [_reference_markdown(ref), ""]
+            out += [_reference_markdown(ref, s), ""]
         if records:
             out += learned_values_markdown(records, ds, [e.label for e in cfg.entries])
         if cfg.valid_table and records:
