@@ -735,6 +735,11 @@ def test_headline_states_wins_ties_and_losses_of_the_proposed_entries():
     assert "Weak" in better and "Base" not in better and worse.endswith("none")
     assert headline(summarize(recs, baseline="Base")["toy"]) == []
     assert "**Headline**" in markdown_dataset(s)
+    # two entries under study: each is compared with the other too (e.g. PMTA warm vs cold)
+    two = "\n".join(headline(summarize(recs + weak, baseline="best", proposed=["Model", "Weak"])["toy"]))
+    model_part, weak_part = two.split("- **Weak**")
+    assert "Weak (" in model_part.split("significantly better than:")[1].splitlines()[0]
+    assert "Model (" in weak_part.split("significantly worse than:")[1].splitlines()[0]
 
 
 def test_seed_noise_line_states_the_minimal_detectable_difference():

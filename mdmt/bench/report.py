@@ -463,15 +463,16 @@ WIDE_CELLS = 6
 
 def headline(s: DatasetSummary) -> list[str]:
     """Markdown lines saying plainly, for each entry under study (``proposed``), where it wins,
-    ties or loses on Avg AUC: against every other entry, with the difference of the means, the
-    paired t-test p-value over seeds and both seed standard deviations. Empty without ``proposed``."""
+    ties or loses on Avg AUC: against every other entry (the other entries under study included),
+    with the difference of the means, the paired t-test p-value over seeds and both seed standard
+    deviations. Empty without ``proposed``."""
     if not s.proposed:
         return []
     out = ["**Headline** (Avg AUC, units of 10⁻², mean ± seed std; two-sided paired t-test over seeds, "
            f"p < {SIG_LEVEL} counts as a difference):", ""]
-    others = [m for m in s.models if m.label not in s.proposed]
     for label in s.proposed:
         m = s.model(label)
+        others = [o for o in s.models if o.label != label]  # every other row, the other entries under study too
         wins, ties, losses = [], [], []
         for o in sorted(others, key=lambda x: -x.avg_auc.mean if math.isfinite(x.avg_auc.mean) else math.inf):
             st = Stat(m.avg_auc.mean, m.avg_auc.std, m.avg_auc.n, dict(m.avg_auc.values))
