@@ -68,6 +68,7 @@ __all__ = [
     "bench_summary",
     "ceiling_cells",
     "run_bench",
+    "train_cell",
     "machine_description",
     "slugify",
     "add_arguments",
@@ -600,6 +601,49 @@ def _has_weights(run_dir: Path) -> bool:
     return (run_dir / "units.json").is_file() and any((run_dir / "checkpoints").glob("*-best.pt"))
 
 
+def train_cell(
+    cfg: BenchConfig,
+    key: CellKey,
+    data_dir: str | None,
+    prepared: dict[str, Any],
+    machine: dict[str, Any],
+    *,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one run of the grid and write its record to ``<output_dir>/cells/<key>.json``.
+
+    Args:
+        cfg: the grid.
+        key: the run.
+        data_dir: root of the real data sets (else ``MDMT_DATA_DIR``).
+        prepared: ``{dataset key: PreparedData}``, a cache the caller keeps between runs; it holds
+            one data set at a time.
+        machine: :func:`machine_description` of the process training the run (stored in the record).
+        num_threads: torch threads for a run whose config leaves ``train.num_threads`` unset (a
+            worker passes its share of the CPUs); not part of the fingerprint.
+
+    Returns:
+        The record written.
+    """
+    from ..data import load_prepared
+    from ..train.run import run_experiment
+
+    if key.dataset not in prepared:
+        prepared.clear()  # keep one data set in memory at a time
+        prepared[key.dataset] = load_prepared(cfg.datasets[key.dataset], data_dir=data_dir, progress=False)
+    exp = cell_experiment(cfg, key)
+    if num_threads is not None and exp.train.num_threads is None:
+        exp = exp.model_copy(update={"train": exp.train.model_copy(update={"num_threads": num_threads})})
+    t0 = time.perf_counter()
+    result = run_experiment(
+        exp, data_dir=data_dir, run_dir=cell_run_dir(cfg, key), overwrite=True, prepared=prepared[key.dataset],
+        quiet=True,
+    )
+    rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
+    write_json_atomic(cell_path(cfg.output_dir, key), rec)
+    return rec
+
+
 def run_bench(
     cfg: BenchConfig,
     data_dir: str | None = None,
@@ -608,6 +652,7 @@ def run_bench(
     report: bool = True,
     config_path: str | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> BenchResults:
     """Run (or resume) the grid and write the report.
 
@@ -623,17 +668,19 @@ def run_bench(
         report: write the report (:func:`mdmt.bench.report.write_report`) at the end.
         config_path: the YAML the config came from, recorded so the report can state the command.
         progress: show a progress bar over the grid.
+        jobs: worker processes, each pinned to its own share of the CPUs and running one run at a
+            time (:mod:`mdmt.bench.parallel`); 1 trains the runs one after another in this process.
 
     Returns:
         :class:`BenchResults`. An exception in a run propagates after the runs finished before it
         were saved; calling again resumes.
     """
-    from ..data import load_prepared
-    from ..train.run import run_experiment
+    from .parallel import cpu_groups
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _validate_models(cfg)
+    cpu_groups(jobs)  # a wrong --jobs fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     keys = grid_keys(cfg)
     states = cell_states(cfg)
     done = {k: rec for k, (st, rec) in states.items() if st == "done" and rec is not None} if resume else {}
@@ -698,31 +745,57 @@ def run_bench(
             results.copied.append(key)
             return True
 
-        def run_cell(key: CellKey) -> None:
+        def needs_source(key: CellKey, queued: set[CellKey]) -> CellKey | None:
+            """The warm-start source of ``key`` if it must be trained (again) first: it is not
+            queued in this call and its run directory holds no weights (e.g. a fresh clone, where
+            the source's record is kept but not its weights)."""
             src = warm_source(cfg, key)
-            if src is not None and src not in results.ran and not _has_weights(cell_run_dir(cfg, src)):
-                # the source's record is kept, but not its weights (e.g. a fresh clone): train it again
-                bar.update(task, current=f"{src.dataset} · {src.label} · seed {src.seed} (warm-start source)")
-                run_cell(src)
-            bar.update(task, current=f"{key.dataset} · {key.label} · seed {key.seed}")
-            if key.dataset not in prepared:
-                prepared.clear()  # keep one data set in memory at a time
-                prepared[key.dataset] = load_prepared(cfg.datasets[key.dataset], data_dir=data_dir, progress=False)
-            exp = cell_experiment(cfg, key)
-            t0 = time.perf_counter()
-            result = run_experiment(
-                exp, data_dir=data_dir, run_dir=cell_run_dir(cfg, key), overwrite=True,
-                prepared=prepared[key.dataset], quiet=True,
-            )
-            rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
-            write_json_atomic(cell_path(out, key), rec)
+            if src is None or src in queued or src in results.ran or _has_weights(cell_run_dir(cfg, src)):
+                return None
+            return src
+
+        def finish(key: CellKey, rec: dict[str, Any]) -> None:
             results.records[key] = rec
             results.ran.append(key)
 
-        for key in todo:
-            if not copy_cell(key):
-                run_cell(key)
-            bar.advance(task)
+        to_train = [k for k in todo if not copy_cell(k)]
+        bar.update(task, advance=len(todo) - len(to_train))
+        if jobs == 1:
+            for key in to_train:
+                src = needs_source(key, set())
+                if src is not None:
+                    bar.update(task, current=f"{src.dataset} · {src.label} · seed {src.seed} (warm-start source)")
+                    finish(src, train_cell(cfg, src, data_dir, prepared, machine))
+                bar.update(task, current=f"{key.dataset} · {key.label} · seed {key.seed}")
+                finish(key, train_cell(cfg, key, data_dir, prepared, machine))
+                bar.advance(task)
+        else:
+            from .parallel import run_parallel
+
+            order: list[CellKey] = []
+            for key in to_train:
+                src = needs_source(key, set(to_train) | set(order))
+                if src is not None:
+                    order.append(src)
+                order.append(key)
+            sources_rerun = set(order) - set(to_train)
+            running: list[CellKey] = []
+
+            def ready(key: CellKey, finished: set[CellKey]) -> bool:
+                src = warm_source(cfg, key)
+                return src is None or src in finished or (src not in order and _has_weights(cell_run_dir(cfg, src)))
+
+            def started(key: CellKey) -> None:
+                running.append(key)
+                bar.update(task, current=" | ".join(f"{k.label} · seed {k.seed}" for k in running))
+
+            def done(key: CellKey, rec: dict[str, Any]) -> None:
+                running.remove(key)
+                finish(key, rec)
+                bar.update(task, advance=0 if key in sources_rerun else 1,
+                           current=" | ".join(f"{k.label} · seed {k.seed}" for k in running))
+
+            run_parallel(cfg, order, jobs, data_dir, ready=ready, on_start=started, on_done=done)
         bar.update(task, current="done")
     if cfg.learnable_ceiling:
         for ds in cfg.datasets:
@@ -803,6 +876,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-resume", action="store_true", help="re-run every cell, even finished ones")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="train N runs at a time, each in a worker process pinned to its own share of the CPUs (default 1)",
+    )
     return parser
 
 
@@ -826,6 +903,7 @@ def run_cli(args: argparse.Namespace) -> int:
             resume=not getattr(args, "no_resume", False),
             config_path=args.config,
             progress=not quiet,
+            jobs=getattr(args, "jobs", 1),
         )
         print(bench_summary(res))
         paths = res.report

@@ -99,3 +99,17 @@ def bench_warm_start_later_entry(ws: Workspace) -> list[str]:
                            "entries: [{label: P, model: pmta, warm_start: {entry: S}}, {label: S, model: sharedbottom}]\n"
                            "seeds: [0]\nbaseline: S\noutput_dir: out\n")
     return ["bench", "bench.yaml"]
+
+
+@bad_input("cli", "bench --jobs 0", expect="--jobs must be at least 1")
+def bench_jobs_zero(ws: Workspace) -> list[str]:
+    ws.write("bench.yaml", "name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp}]\n"
+                           "seeds: [0]\nbaseline: A\noutput_dir: out\n")
+    return ["bench", "bench.yaml", "--jobs", "0"]
+
+
+@bad_input("cli", "bench --jobs above the CPUs this process may use", expect="more worker processes than")
+def bench_jobs_above_cpus(ws: Workspace) -> list[str]:
+    ws.write("bench.yaml", "name: x\ndatasets: {a: {source: synthetic}}\nentries: [{label: A, model: mlp}]\n"
+                           "seeds: [0]\nbaseline: A\noutput_dir: out\n")
+    return ["bench", "bench.yaml", "--jobs", "4096"]
