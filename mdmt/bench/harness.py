@@ -60,12 +60,14 @@ __all__ = [
     "entry_params",
     "entry_embedding",
     "fingerprint",
+    "same_configuration",
     "cell_path",
     "read_cell",
     "write_json_atomic",
     "completed_cells",
     "cell_states",
     "bench_summary",
+    "grid_status",
     "ceiling_cells",
     "run_bench",
     "train_cell",
@@ -382,6 +384,43 @@ def cell_fingerprint(cfg: BenchConfig, key: CellKey) -> str:
     return hashlib.sha256(f"{fp}+warm:{cell_fingerprint(cfg, src)}".encode()).hexdigest()
 
 
+def _result_settings(exp: dict[str, Any]) -> dict[str, Any]:
+    """An experiment dump without what :func:`fingerprint` leaves out."""
+    d = json.loads(json.dumps(exp, default=str))
+    d.pop("name", None)
+    d.pop("output_dir", None)
+    d.get("data", {}).pop("cache_dir", None)
+    for k in _NON_RESULT_TRAIN_KEYS:
+        d.get("train", {}).pop(k, None)
+    return d
+
+
+def _agrees(recorded: Any, current: Any) -> bool:
+    """``recorded`` equals ``current`` on every key ``recorded`` has (a key added to the configuration
+    after the run was made is not held against it)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return all(k in current and _agrees(v, current[k]) for k, v in recorded.items())
+    return recorded == current
+
+
+def same_configuration(cfg: BenchConfig, key: CellKey, rec: dict[str, Any]) -> bool:
+    """Whether ``rec`` is a run of ``key``'s current configuration in ``cfg``.
+
+    True when the fingerprints match. A record made by older code may carry another fingerprint
+    only because settings were added to the configuration since (with defaults that older code
+    did not have); so, failing the fingerprint, the settings the record states are compared with
+    the current ones, key by key, ignoring keys the record does not have. A warm-started run also
+    needs its source run to be of the current configuration (the source record is not checked
+    here: its fingerprint is part of this one's, so the fallback is only as good as the record).
+    """
+    if rec.get("fingerprint") == cell_fingerprint(cfg, key):
+        return True
+    exp = rec.get("experiment")
+    if not isinstance(exp, dict):
+        return False
+    return _agrees(_result_settings(exp), _result_settings(cell_experiment(cfg, key).model_dump(mode="json")))
+
+
 def cell_path(output_dir: str | Path, key: CellKey) -> Path:
     """``<output_dir>/cells/<key.name>.json``."""
     return Path(output_dir) / "cells" / f"{key.name}.json"
@@ -438,12 +477,12 @@ def cell_states(cfg: BenchConfig) -> dict[CellKey, tuple[str, dict[str, Any] | N
         rec = read_cell(cell_path(cfg.output_dir, key))
         if rec is None:
             out[key] = ("new", None)
-        elif rec.get("fingerprint") != cell_fingerprint(cfg, key):
-            out[key] = ("changed", rec)
-        elif rec.get("code") != code:
-            out[key] = ("stale", rec)
+        elif rec.get("fingerprint") == cell_fingerprint(cfg, key):
+            out[key] = ("done", rec) if rec.get("code") == code else ("stale", rec)
+        elif rec.get("code") != code and same_configuration(cfg, key, rec):
+            out[key] = ("stale", rec)  # older code, whose configuration lacked settings added since
         else:
-            out[key] = ("done", rec)
+            out[key] = ("changed", rec)
     return out
 
 
@@ -639,7 +678,10 @@ def train_cell(
         exp, data_dir=data_dir, run_dir=cell_run_dir(cfg, key), overwrite=True, prepared=prepared[key.dataset],
         quiet=True,
     )
-    rec = _record(cfg, key, exp, result, time.perf_counter() - t0, machine)
+    import torch
+
+    # the threads the run trained with (run_experiment sets them), not the caller's at start
+    rec = _record(cfg, key, exp, result, time.perf_counter() - t0, {**machine, "torch_threads": torch.get_num_threads()})
     write_json_atomic(cell_path(cfg.output_dir, key), rec)
     return rec
 
@@ -867,6 +909,39 @@ def bench_summary(res: BenchResults) -> str:
     return line
 
 
+def grid_status(cfg: BenchConfig) -> str:
+    """What a run of ``cfg`` would do, per entry: runs finished by the current code, runs made by other
+    code (trained again), runs of a changed configuration and runs never made; nothing is trained.
+
+    Example line: ``MMoE: 3 of 5 finished; 2 to train (1 made by other code, 1 new)``.
+    """
+    states = cell_states(cfg)
+    lines = [f"bench {cfg.name}: {cfg.output_dir}/cells, current code {_code_text(code_version(ALL_CODE))}"]
+    for ds in cfg.datasets:
+        for e in cfg.entries:
+            keys = [CellKey(ds, e.label, s) for s in cfg.seeds]
+            counts = {st: sum(states[k][0] == st for k in keys) for st in ("done", "stale", "changed", "new")}
+            line = f"  {ds} · {e.label}: {counts['done']} of {len(keys)} finished"
+            todo = len(keys) - counts["done"]
+            if todo:
+                parts = [f"{counts[st]} {what}" for st, what in (("stale", "made by other code"),
+                                                                 ("changed", "of another configuration"),
+                                                                 ("new", "new")) if counts[st]]
+                line += f"; {todo} to train ({', '.join(parts)})"
+            lines.append(line)
+    total = len(states)
+    done = sum(st == "done" for st, _ in states.values())
+    lines.append(f"  {done} of {total} runs finished, {total - done} to train")
+    other: dict[str, int] = {}
+    for st, rec in states.values():
+        if st == "stale" and rec is not None:
+            other[_code_text(rec.get("code"))] = other.get(_code_text(rec.get("code")), 0) + 1
+    if other:
+        made = ", ".join(f"{code} ({n})" for code, n in sorted(other.items()))
+        lines.append(f"  made by other code: {made}; its results stay in the report until trained again")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``mdmt bench`` arguments to ``parser`` (used by the ``mdmt`` CLI)."""
     parser.add_argument("config", help="bench YAML (configs/bench/*.yaml)")
@@ -876,6 +951,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-resume", action="store_true", help="re-run every cell, even finished ones")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--status", action="store_true",
+        help="print, per entry, how many runs are finished and how many a run would train; train nothing",
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, metavar="N",
         help="train N runs at a time, each in a worker process pinned to its own share of the CPUs (default 1)",
@@ -894,7 +973,15 @@ def run_cli(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None):
         overrides["seeds"] = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     cfg = load_bench_config(args.config, overrides or None)
+    if getattr(args, "status", False):
+        print(grid_status(cfg))
+        return 0
     if getattr(args, "report_only", False):
+        meta_path = Path(cfg.output_dir) / "meta.json"
+        if meta_path.is_file():  # the report (and BENCHMARKS.md) state the config it was made from
+            meta = json.loads(meta_path.read_text())
+            meta.update(config=cfg.model_dump(mode="json"), config_path=_display_path(args.config))
+            write_json_atomic(meta_path, meta)
         paths = write_report(cfg, command=f"mdmt bench {_display_path(args.config)}")
     else:
         res = run_bench(

@@ -861,10 +861,14 @@ def grid_records(
 ) -> list[dict[str, Any]]:
     """The run records of ``cfg``'s grid (default: read from ``<output_dir>/cells/``), in grid order.
 
-    Records of labels, data sets or seeds no longer in the config are left out.
+    Records of labels, data sets or seeds no longer in the config are left out; so are records read
+    from ``cells/`` whose run had another configuration than the entry has now
+    (:func:`~mdmt.bench.harness.same_configuration`): a ``--report-only`` after an entry changed
+    never shows the old entry's results under its label. Records made by other code stay: the
+    report names the code that made its runs.
     """
     if records is None:
-        recs = load_records(cfg.output_dir)
+        recs = [r for r in load_records(cfg.output_dir) if _of_current_config(cfg, r)]
     elif isinstance(records, dict):
         recs = list(records.values())
     else:
@@ -874,6 +878,18 @@ def grid_records(
     recs = [r for r in recs if r["label"] in labels and r["dataset"] in ds and int(r["seed"]) in cfg.seeds]
     recs.sort(key=lambda r: (ds.index(r["dataset"]), labels.index(r["label"]), int(r["seed"])))
     return recs
+
+
+def _of_current_config(cfg: BenchConfig, rec: dict[str, Any]) -> bool:
+    from .harness import same_configuration
+
+    try:
+        key = CellKey(rec["dataset"], rec["label"], int(rec["seed"]))
+        if key.label not in {e.label for e in cfg.entries} or key.dataset not in cfg.datasets:
+            return True  # left out later, as a label or data set no longer in the config
+        return same_configuration(cfg, key, rec)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def write_report(
