@@ -103,3 +103,23 @@ def test_a_failed_run_stops_the_grid_keeps_finished_runs_and_raises_the_workers_
     assert any("worker process" in note for note in getattr(err.value, "__notes__", []))
     assert cell_path(tmp_path / "fail", CellKey("tiny", "MLP", 0)).is_file()
     assert not cell_path(tmp_path / "fail", CellKey("missing", "MLP", 0)).exists()
+
+
+@needs_two_cpus
+def test_a_model_registered_in_a_script_is_refused_before_anything_is_written(tmp_path):
+    from mdmt.bench.parallel import model_modules
+    from mdmt.models.base import REGISTRY, register
+    from mdmt.models.mlp import MLPModel
+
+    cls = type("ScriptModel", (MLPModel,), {"__module__": "__main__"})
+    register("script-mlp", paper="-")(cls)
+    try:
+        cfg = _cfg(tmp_path, "script", entries=[BenchEntry(label="S", model="script-mlp", regime="cell")],
+                   baseline="S")
+        with pytest.raises(ConfigError, match="registered in __main__"):
+            run_bench(cfg, progress=False, report=False, jobs=2)
+        assert not (tmp_path / "script").exists()
+        ok = _cfg(tmp_path, "ok")
+        assert model_modules(ok) == []
+    finally:
+        REGISTRY.pop("script-mlp", None)

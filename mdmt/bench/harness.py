@@ -722,6 +722,10 @@ def run_bench(
     out = Path(cfg.output_dir)
     _validate_models(cfg)
     cpu_groups(jobs)  # a wrong --jobs fails before anything is written
+    if jobs > 1:
+        from .parallel import model_modules
+
+        model_modules(cfg)  # and so does a model the worker processes could not import
     out.mkdir(parents=True, exist_ok=True)
     keys = grid_keys(cfg)
     states = cell_states(cfg)

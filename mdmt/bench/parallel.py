@@ -35,7 +35,7 @@ from ..schema import ConfigError
 if TYPE_CHECKING:
     from .harness import BenchConfig, CellKey
 
-__all__ = ["cpu_groups", "run_parallel", "BenchWorkerError"]
+__all__ = ["cpu_groups", "model_modules", "run_parallel", "BenchWorkerError"]
 
 _POLL_SECONDS = 2.0
 
@@ -81,13 +81,44 @@ def _portable(err: BaseException) -> BaseException:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 
-def _worker(cfg: "BenchConfig", data_dir: str | None, cpus: list[int], tasks: Any, results: Any) -> None:
-    """Body of one worker process: pin to ``cpus``, then train the runs it is handed until ``None``."""
+def model_modules(cfg: "BenchConfig") -> list[str]:
+    """The modules outside ``mdmt`` that register the grid's models: a worker is a fresh process
+    and imports them before its first run.
+
+    Raises:
+        ConfigError: a model is registered in ``__main__`` (a script or a notebook), which a fresh
+            process cannot import.
+    """
+    from ..models.base import REGISTRY
+
+    mods: list[str] = []
+    for e in cfg.entries:
+        info = REGISTRY.get(e.model)
+        mod = info.cls.__module__ if info is not None else "mdmt"
+        if mod == "__main__":
+            raise ConfigError(
+                f"bench {cfg.name!r}, entry {e.label!r}: model {e.model!r} is registered in __main__, which the "
+                "worker processes of jobs > 1 cannot import; register it in a module of its own, or use jobs=1"
+            )
+        if mod.split(".")[0] != "mdmt" and mod not in mods:
+            mods.append(mod)
+    return mods
+
+
+def _worker(cfg: "BenchConfig", data_dir: str | None, cpus: list[int], tasks: Any, results: Any,
+            modules: Sequence[str] = ()) -> None:
+    """Body of one worker process: pin to ``cpus``, import ``modules`` (the grid's models registered
+    outside ``mdmt``), then train the runs it is handed until ``None``."""
+    import importlib
+
     import torch
 
+    from .. import models  # noqa: F401  (importing registers the models)
     from .harness import machine_description, train_cell
 
     try:
+        for mod in modules:
+            importlib.import_module(mod)
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
         torch.set_num_threads(len(cpus))
@@ -134,11 +165,12 @@ def run_parallel(
         flight finished; :class:`BenchWorkerError` if a worker process died without reporting.
     """
     groups = cpu_groups(jobs)
+    modules = model_modules(cfg)
     if not keys:
         return
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(cfg, data_dir, g, tasks, results), daemon=True) for g in groups]
+    procs = [ctx.Process(target=_worker, args=(cfg, data_dir, g, tasks, results, modules), daemon=True) for g in groups]
     for p in procs:
         p.start()
     pending = list(keys)
