@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from mdmt.bench import BenchConfig, BenchEntry, CellKey, run_bench
-from mdmt.bench.harness import cell_path, cell_states, grid_status, same_configuration
+from mdmt.bench.harness import _duration, cell_path, cell_states, grid_status, same_configuration
 from mdmt.bench.report import grid_records
 from mdmt.cli import main
 from mdmt.config import DataConfig, TrainConfig
@@ -40,7 +40,9 @@ def test_status_report_and_states_after_an_entry_and_the_code_change(tmp_path):
     # the entry changed: its record is neither finished nor reported under the new settings
     changed = _cfg(out, hidden=6)
     assert cell_states(changed)[sb][0] == "changed"
-    assert "ShBot: 0 of 1 finished; 1 to train (1 of another configuration)" in grid_status(changed)
+    status = grid_status(changed)
+    assert "ShBot: 0 of 1 finished; 1 to train (1 of another configuration)\n" in status
+    assert "plus 1 run(s) of entries with no run on record to estimate from" in status
     assert [r["label"] for r in grid_records(changed)] == ["MLP"]
     assert [r["label"] for r in grid_records(cfg)] == ["MLP", "ShBot"]
 
@@ -54,7 +56,8 @@ def test_status_report_and_states_after_an_entry_and_the_code_change(tmp_path):
     assert same_configuration(cfg, mlp, rec)
     assert cell_states(cfg)[mlp][0] == "stale"
     status = grid_status(cfg)
-    assert "MLP: 0 of 1 finished; 1 to train (1 made by other code)" in status
+    # the time left is estimated from the wall time of the run on record
+    assert f"MLP: 0 of 1 finished; 1 to train (1 made by other code), about {_duration(rec['wall_seconds'])}" in status
     assert "mdmt 0.0.1, code ffffffffffffffff (1)" in status
     assert [r["label"] for r in grid_records(cfg)] == ["MLP", "ShBot"]
     # ... but a setting it states with another value is another configuration

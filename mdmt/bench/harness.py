@@ -913,14 +913,29 @@ def bench_summary(res: BenchResults) -> str:
     return line
 
 
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3 h 05 min"``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def grid_status(cfg: BenchConfig) -> str:
     """What a run of ``cfg`` would do, per entry: runs finished by the current code, runs made by other
     code (trained again), runs of a changed configuration and runs never made; nothing is trained.
 
-    Example line: ``MMoE: 3 of 5 finished; 2 to train (1 made by other code, 1 new)``.
+    Example line: ``MMoE: 3 of 5 finished; 2 to train (1 made by other code, 1 new), about 4 min``.
+
+    The time left is estimated per entry from the median wall time of its runs on record that are
+    of the current configuration (finished or made by other code), one run at a time; an entry with
+    no such run is not estimated.
     """
+    import statistics
+
     states = cell_states(cfg)
     lines = [f"bench {cfg.name}: {cfg.output_dir}/cells, current code {_code_text(code_version(ALL_CODE))}"]
+    left, unestimated = 0.0, 0
     for ds in cfg.datasets:
         for e in cfg.entries:
             keys = [CellKey(ds, e.label, s) for s in cfg.seeds]
@@ -932,10 +947,23 @@ def grid_status(cfg: BenchConfig) -> str:
                                                                  ("changed", "of another configuration"),
                                                                  ("new", "new")) if counts[st]]
                 line += f"; {todo} to train ({', '.join(parts)})"
+                walls = [float(rec["wall_seconds"]) for k in keys for st, rec in [states[k]]
+                         if st in ("done", "stale") and rec is not None and rec.get("wall_seconds") is not None]
+                if walls:
+                    est = todo * statistics.median(walls)
+                    left += est
+                    line += f", about {_duration(est)}"
+                else:
+                    unestimated += todo
             lines.append(line)
     total = len(states)
     done = sum(st == "done" for st, _ in states.values())
-    lines.append(f"  {done} of {total} runs finished, {total - done} to train")
+    line = f"  {done} of {total} runs finished, {total - done} to train"
+    if total > done:
+        line += f": about {_duration(left)} one run at a time"
+        if unestimated:
+            line += f", plus {unestimated} run(s) of entries with no run on record to estimate from"
+    lines.append(line)
     other: dict[str, int] = {}
     for st, rec in states.values():
         if st == "stale" and rec is not None:
