@@ -664,6 +664,8 @@ def train_cell(
     Returns:
         The record written.
     """
+    import torch
+
     from ..data import load_prepared
     from ..train.run import run_experiment
 
@@ -678,8 +680,6 @@ def train_cell(
         exp, data_dir=data_dir, run_dir=cell_run_dir(cfg, key), overwrite=True, prepared=prepared[key.dataset],
         quiet=True,
     )
-    import torch
-
     # the threads the run trained with (run_experiment sets them), not the caller's at start
     rec = _record(cfg, key, exp, result, time.perf_counter() - t0, {**machine, "torch_threads": torch.get_num_threads()})
     write_json_atomic(cell_path(cfg.output_dir, key), rec)
