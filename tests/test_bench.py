@@ -442,6 +442,10 @@ def test_cli_report_only_and_benchmarks_md(tmp_path, capsys):
                        "machine": {"cpu": "Test CPU", "logical_cores": 2, "torch_threads": 2, "torch": "x", "python": "3"}})
     assert main([str(yml), "--report-only", "--quiet"]) == 0
     assert (Path(cfg.output_dir) / "results.md").exists()
+    # the report-only records the config it reported from (here b.yaml, shown without machine paths)
+    meta = json.loads((Path(cfg.output_dir) / "meta.json").read_text())
+    assert meta["config_path"] == "b.yaml" and meta["config"] == cfg.model_dump(mode="json")
+    assert meta["machine"]["cpu"] == "Test CPU"  # the runs' machine is kept
     tp = tmp_path / "tp.json"
     tp.write_text(json.dumps({
         "command": "python benchmarks/train_throughput.py --rows 10", "machine": {"cpu": "Test CPU"},
@@ -455,7 +459,7 @@ def test_cli_report_only_and_benchmarks_md(tmp_path, capsys):
     out = write_benchmarks_md([cfg.output_dir], tp, out=tmp_path / "docs" / "BENCHMARKS.md",
                               regenerate_command="python benchmarks/make_benchmarks_md.py")
     text = out.read_text()
-    assert "mdmt bench configs/bench/x.yaml" in text and "python benchmarks/train_throughput.py --rows 10" in text
+    assert "mdmt bench b.yaml" in text and "python benchmarks/train_throughput.py --rows 10" in text
     assert "Test CPU" in text and "## Training throughput" in text and "10.0%" in text and "error: RuntimeError" in text
     link = text.split("![seesaw toy](")[1].split(")")[0]
     assert (out.parent / link).resolve() == (Path(cfg.output_dir) / "seesaw_toy.png").resolve()

@@ -887,6 +887,8 @@ def _of_current_config(cfg: BenchConfig, rec: dict[str, Any]) -> bool:
         key = CellKey(rec["dataset"], rec["label"], int(rec["seed"]))
         if key.label not in {e.label for e in cfg.entries} or key.dataset not in cfg.datasets:
             return True  # left out later, as a label or data set no longer in the config
+        if "fingerprint" not in rec and "experiment" not in rec:
+            return True  # a record that states no configuration (made by hand): nothing to hold against it
         return same_configuration(cfg, key, rec)
     except (KeyError, TypeError, ValueError):
         return False
