@@ -119,3 +119,27 @@ def test_an_identical_run_of_another_bench_is_copied_not_trained(tmp_path):
     # reuse off: trained
     third = second.model_copy(update={"reuse": False, "output_dir": str(tmp_path / "results" / "c")})
     assert run(third, progress=False, report=False).copied == []
+
+
+def test_the_same_warm_start_in_another_bench_is_the_same_run(tmp_path):
+    """Where a bench writes is not a setting: a warm-started run's fingerprint names its source by the
+    source's configuration, not by the path of the source's run directory."""
+    key = CellKey("tiny", "PMTA warm", 0)
+    a = _cfg(tmp_path, output_dir=str(tmp_path / "results" / "a"))
+    b = _cfg(tmp_path, name="warm elsewhere", output_dir=str(tmp_path / "results" / "b"))
+    assert cell_experiment(a, key).train.warm_start.run_dir != cell_experiment(b, key).train.warm_start.run_dir
+    assert cell_fingerprint(a, key) == cell_fingerprint(b, key)
+    # what the warm start does still counts: freezing or not, and the source's own configuration
+    assert cell_fingerprint(_cfg(tmp_path, freeze=False, output_dir=a.output_dir), key) != cell_fingerprint(a, key)
+    wider = _cfg(tmp_path, output_dir=a.output_dir, entries=[
+        BenchEntry(label="ShBot", model="sharedbottom", params={**BASE, "tower_hidden": [6]}), a.entries[1]])
+    assert cell_fingerprint(wider, key) != cell_fingerprint(a, key)
+
+    first = run_bench(a, progress=False, report=False)
+    second = run_bench(b, progress=False, report=False)
+    # the source is trained again (its weights must be in this bench's own run directory); the
+    # warm-started run is copied from the first bench
+    assert second.ran == [CellKey("tiny", "ShBot", 0)] and second.copied == [key]
+    assert second.records[key]["test"] == first.records[key]["test"]
+    # the retrained source is the same run, so what was copied is what this bench would have trained
+    assert second.records[CellKey("tiny", "ShBot", 0)]["test"] == first.records[CellKey("tiny", "ShBot", 0)]["test"]

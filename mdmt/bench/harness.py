@@ -359,18 +359,8 @@ def cell_experiment(cfg: BenchConfig, key: CellKey) -> ExperimentConfig:
 
 
 def fingerprint(exp: ExperimentConfig) -> str:
-    """SHA-256 of everything in ``exp`` that changes a run's results.
-
-    Left out: the run name, output directory, data cache directory and purely operational
-    training settings (progress bars, device, thread count, evaluation batch size).
-    """
-    d = exp.model_dump(mode="json")
-    d.pop("name", None)
-    d.pop("output_dir", None)
-    d["data"].pop("cache_dir", None)
-    for k in _NON_RESULT_TRAIN_KEYS:
-        d["train"].pop(k, None)
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    """SHA-256 of everything in ``exp`` that changes a run's results (:func:`_result_settings`)."""
+    blob = json.dumps(_result_settings(exp.model_dump(mode="json")), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -385,13 +375,23 @@ def cell_fingerprint(cfg: BenchConfig, key: CellKey) -> str:
 
 
 def _result_settings(exp: dict[str, Any]) -> dict[str, Any]:
-    """An experiment dump without what :func:`fingerprint` leaves out."""
+    """An experiment dump without what does not change a run's results.
+
+    Left out: the run name, output directory, data cache directory, purely operational training
+    settings (progress bars, device, thread count, evaluation batch size) and, for a warm-started run,
+    the path of the source run: where a bench writes is not a setting (:func:`cell_fingerprint` folds
+    in the source run's own fingerprint instead), so the same warm start in two benches, or in a bench
+    whose ``output_dir`` moved, is the same run.
+    """
     d = json.loads(json.dumps(exp, default=str))
     d.pop("name", None)
     d.pop("output_dir", None)
     d.get("data", {}).pop("cache_dir", None)
+    train = d.get("train", {})
     for k in _NON_RESULT_TRAIN_KEYS:
-        d.get("train", {}).pop(k, None)
+        train.pop(k, None)
+    if isinstance(train.get("warm_start"), dict):
+        train["warm_start"].pop("run_dir", None)
     return d
 
 
