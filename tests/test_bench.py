@@ -774,6 +774,19 @@ def test_code_line_counts_the_runs_of_each_code_version():
     assert "1 of them are copies of identical runs" in code_line([{"code": {}, "copied_from": "other/cells/x.json"}])
 
 
+def test_the_machine_line_states_the_cpu_and_threads_the_runs_trained_with():
+    from mdmt.bench.harness import machine_line
+    from mdmt.bench.report import runs_machine
+
+    meta = {"cpu": "CPU X", "logical_cores": 2, "torch_threads": 2, "torch": "2", "python": "3", "os": "L"}
+    one = [{"machine": {"cpu": "CPU X", "torch_threads": 1}}] * 2
+    assert "torch threads 1;" in machine_line(runs_machine(meta, one))
+    mixed = one + [{"machine": {"cpu": "CPU Y", "torch_threads": 2}}, {}]
+    line = machine_line(runs_machine(meta, mixed))
+    assert "CPU X / CPU Y (per run)" in line and "torch threads 1 / 2 (per run)" in line
+    assert runs_machine(meta, []) == meta  # no records: the bench process's own description
+
+
 def test_valid_table_adds_the_validation_split_beside_the_test_one(tmp_path):
     from mdmt.bench.report import markdown_report
 

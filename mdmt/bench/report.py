@@ -801,6 +801,19 @@ def code_line(records: Sequence[dict[str, Any]]) -> str:
     return line
 
 
+def runs_machine(machine: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``machine`` (the process that ran or reported the bench) with the CPU and the torch thread count
+    the runs themselves state in their records, which can differ from it (a bench resumed on another
+    machine, workers pinned to a share of the cores): one value, or every value with ``" / "``."""
+    out = dict(machine)
+    for key in ("cpu", "torch_threads"):
+        vals = sorted({str(r["machine"][key]) for r in records
+                       if isinstance(r.get("machine"), dict) and r["machine"].get(key) is not None})
+        if vals:
+            out[key] = " / ".join(vals) + (" (per run)" if len(vals) > 1 else "")
+    return out
+
+
 def markdown_report(
     cfg: BenchConfig,
     summaries: dict[str, DatasetSummary],
@@ -820,7 +833,7 @@ def markdown_report(
     if command:
         out += [f"Regenerate: `{command}`", ""]
     if machine:
-        out += [f"Machine: {machine_line(machine)}.", ""]
+        out += [f"Machine: {machine_line(runs_machine(machine, records or []))}.", ""]
     if records:
         out += [code_line(records), ""]
     out += [
@@ -1143,10 +1156,10 @@ def write_benchmarks_md(
         cfg = parse_config(meta["config"], _BC, str(d / "meta.json"))
         cmd = f"mdmt bench {meta['config_path']}" if meta.get("config_path") else "mdmt bench <config>"
         cmds.append(cmd)
-        if meta.get("machine"):
-            machines.append(machine_line(meta["machine"]))
         cfg = cfg.model_copy(update={"output_dir": str(d)})
         recs = grid_records(cfg)
+        if meta.get("machine"):
+            machines.append(machine_line(runs_machine(meta["machine"], recs)))
         summaries = summarize(recs, cfg.baseline, "test", [e.label for e in cfg.entries], proposed=cfg.proposed)
         images = {}
         for ds in summaries:
