@@ -466,6 +466,36 @@ def test_cli_report_only_and_benchmarks_md(tmp_path, capsys):
     assert "Oracle gap" in text
 
 
+def test_report_only_on_copied_records_writes_meta_so_benchmarks_md_shows_the_bench(tmp_path):
+    """Run records copied in from another checkout (no meta.json): --report-only writes meta.json
+    with the config, its path and the machine the newest record states, and BENCHMARKS.md then
+    includes the bench; a folder without records gets no meta.json."""
+    from mdmt.bench import main
+
+    cfg = _cfg(tmp_path, entries=[BenchEntry(label="Base", model="mlp"), BenchEntry(label="Model", model="mmoe")],
+               seeds=SEEDS, baseline="Base", seesaw_reference="Base")
+    yml = tmp_path / "c.yaml"
+    yml.write_text(json.dumps(cfg.model_dump(mode="json")))
+    meta_path = Path(cfg.output_dir) / "meta.json"
+    assert main([str(yml), "--report-only", "--quiet"]) == 0  # nothing to report from: no meta.json
+    assert not meta_path.exists()
+    for i, r in enumerate(_records(oracle=True)):
+        cpu = "Newest CPU" if i == len(SEEDS) * 2 - 1 else "Older CPU"
+        r.update(machine={"cpu": cpu, "logical_cores": 2, "torch_threads": 1, "torch": "x", "python": "3", "os": "Linux"},
+                 finished_at=f"2026-01-01T00:00:{i:02d}+00:00")
+        write_json_atomic(cell_path(cfg.output_dir, CellKey(r["dataset"], r["label"], r["seed"])), r)
+    assert main([str(yml), "--report-only", "--quiet"]) == 0
+    meta = json.loads(meta_path.read_text())
+    assert meta["bench"] == cfg.name and meta["config_path"] == "c.yaml"
+    assert meta["config"] == cfg.model_dump(mode="json") and meta["started_at"] is None
+    assert meta["machine"]["cpu"] == "Newest CPU"
+    out = write_benchmarks_md([cfg.output_dir], None, out=tmp_path / "BENCHMARKS.md",
+                              regenerate_command="python benchmarks/make_benchmarks_md.py")
+    text = out.read_text()
+    assert "mdmt bench c.yaml" in text and "Bench `" in text
+    assert "Newest CPU / Older CPU (per run)" in text  # the machine line states every run's CPU
+
+
 # ---------------------------------------------------------------------------------------------
 # throughput benchmark
 # ---------------------------------------------------------------------------------------------

@@ -994,6 +994,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _refresh_meta(cfg: BenchConfig, config_path: str | Path) -> None:
+    """Write ``meta.json`` for a report made without training (``--report-only``).
+
+    The report and ``BENCHMARKS.md`` state the config the report was made from, so an existing
+    ``meta.json`` gets the current config and its path. A folder with run records but no
+    ``meta.json`` (records copied in from another checkout) gets a new one: the machine is the one
+    the newest record states (the runs' machine, not this process's), else this process's, and
+    ``started_at`` is unknown (``None``). A folder with no record is left alone.
+    """
+    from .report import load_records
+
+    out = Path(cfg.output_dir)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+    else:
+        records = load_records(out)
+        if not records:
+            return
+        newest = max(records, key=lambda r: str(r.get("finished_at") or ""))
+        machine = newest.get("machine") if isinstance(newest.get("machine"), dict) else machine_description()
+        meta = {"bench": cfg.name, "machine": machine, "started_at": None}
+    meta.update(config=cfg.model_dump(mode="json"), config_path=_display_path(config_path))
+    write_json_atomic(meta_path, meta)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Execute parsed ``mdmt bench`` arguments. Returns the exit status."""
     from .report import write_report
@@ -1009,11 +1035,7 @@ def run_cli(args: argparse.Namespace) -> int:
         print(grid_status(cfg))
         return 0
     if getattr(args, "report_only", False):
-        meta_path = Path(cfg.output_dir) / "meta.json"
-        if meta_path.is_file():  # the report (and BENCHMARKS.md) state the config it was made from
-            meta = json.loads(meta_path.read_text())
-            meta.update(config=cfg.model_dump(mode="json"), config_path=_display_path(args.config))
-            write_json_atomic(meta_path, meta)
+        _refresh_meta(cfg, args.config)
         paths = write_report(cfg, command=f"mdmt bench {_display_path(args.config)}")
     else:
         res = run_bench(
