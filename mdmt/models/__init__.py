@@ -20,6 +20,7 @@ from . import (  # noqa: F401
     dcnv2,
     dcnv2_mt,
     deepfm,
+    dtrn,
     m2m,
     m3oe,
     mlp,
