@@ -42,6 +42,8 @@ Mapping to this library's inputs:
   ``γ_{t,b} = 1`` and the shift ones at ``β_{t,b} = 0`` (their last layer's weights start small),
   so CLN starts as the plain layer norm and the conditions grow from there.
 - A schema without sequences has no TIM: ``raw_t`` is the context alone, and the report says so.
+- Not built: §5.2.2's other injection points (QKV, FFN-1, FFN-2; CLN is the paper's choice) and
+  §5.2.3's PLE and AITM as ``MTL_model``.
 
 Composition: TIM (Eq. 2-8) and TRM (Eq. 9) -> ``mtl`` over the ``T`` representations (Eq. 10)
 -> head (plain towers by default).
@@ -89,10 +91,12 @@ class DTRNConfig(HeadedConfig):
         mtl: the multi-task model of Eq. 10: ``mmoe`` (§4.4 on Tenrec) or ``shared`` (each
             task's tower reads its own ``r_t``).
         num_experts, expert_hidden: MMoE's experts (``mtl: mmoe``).
-        tim: False = no TIM (``raw_t`` is the context alone: the "w/o TIM" ablation of §5.3).
-        trm: False = no refinement (``r_t = raw_t``: the "w/o TRM" ablation of §5.3).
+        tim: False = no sequence interests at all (``raw_t`` is the context alone).
+        trm: False = no refinement (``r_t = raw_t``): Table 5's "+TIM".
         conditional: False = the layer norms are not conditioned (``γ_{t,b} = 1``,
-            ``β_{t,b} = 0``): one interest per sequence, shared by the tasks.
+            ``β_{t,b} = 0``): one interest per sequence, shared by the tasks. With TRM this is
+            Table 5's "+TRM" (a task-shared interest, refined per task); with ``trm: false`` too,
+            a task-shared bottom like the DMT baseline's.
         hyper_init_scale: the hypernetworks' last layer starts scaled by this (see the module
             docstring: CLN starts as the plain layer norm).
     """
