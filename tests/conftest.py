@@ -13,6 +13,16 @@ from mdmt.featuremap import FIRST_ID, DenseStats, FeatureMap
 from mdmt.schema import DatasetSpec, DomainSpec, FeatureSpec, TableSpec, TaskSpec
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny ops run fastest, and least noisily, on one thread. The previous count is restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     """Root of the real data sets (``MDMT_DATA_DIR``). Skips, saying why, only when it is unset."""

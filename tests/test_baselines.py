@@ -14,12 +14,7 @@ from .conftest import make_batch
 from .test_models import _setup
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def _logits(model, batch) -> torch.Tensor:

@@ -24,12 +24,7 @@ SMALL = {"backbone_params": {"hidden": [12], "cross_layers": 1, "cin_layers": [3
          "tower_hidden": [8, 4]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def _g(seed: int = 0) -> torch.Generator:

@@ -20,12 +20,7 @@ from .conftest import make_batch, make_tiny
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def _model(params: dict | None = None, per_domain: bool = False, seed: int = 0):
@@ -229,3 +224,8 @@ def test_dtrn_trains_on_movielens_temporal_and_clears_an_auc_floor(data_dir, tmp
     assert all(c.auc > 0.65 for c in res.test.cells), res.test.markdown()
     scores = [h["valid_score"] for h in res.history]
     assert res.history[res.best_epoch - 1]["valid_score"] == max(scores)  # selected on validation
+
+
+def test_the_module_runs_on_one_torch_thread():
+    """The shared ``one_thread`` fixture (conftest) is in force for this module."""
+    assert torch.get_num_threads() == 1

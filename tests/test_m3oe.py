@@ -23,12 +23,7 @@ SMALL = {"dr_dim": 12, "hidden_dim": 8, "num_shared_experts": 3, "expert_hidden"
 LOGITS = {"alpha_d": 0.4, "alpha_t": -0.9, "beta_d": 1.3, "beta_t": -0.2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def _setup(params: dict | None = None, size: int = 12, seed: int = 0, num_tasks: int = 2):

@@ -75,13 +75,7 @@ GOLDEN: dict[tuple[str, bool], float] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops run fastest (and least noisily) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def _setup(per_domain: bool, size: int = 16, seed: int = 0):

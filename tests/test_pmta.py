@@ -25,12 +25,7 @@ SMALL = {"width": 16, "tower_hidden": [8, 4], "num_heads": 2, "prompt_dim": 3, "
          "backbone_params": {"hidden": [12]}, "tpe_init_scale": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread (conftest)
 
 
 def make_spec(per_domain: bool = True, related: bool = True) -> tuple[DatasetSpec, FeatureMap]:
