@@ -225,7 +225,3 @@ def test_dtrn_trains_on_movielens_temporal_and_clears_an_auc_floor(data_dir, tmp
     scores = [h["valid_score"] for h in res.history]
     assert res.history[res.best_epoch - 1]["valid_score"] == max(scores)  # selected on validation
 
-
-def test_the_module_runs_on_one_torch_thread():
-    """The shared ``one_thread`` fixture (conftest) is in force for this module."""
-    assert torch.get_num_threads() == 1
