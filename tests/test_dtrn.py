@@ -147,9 +147,9 @@ def test_mmoe_gate_of_each_task_mixes_the_experts_of_its_own_representation():
         r = model.representations(batch)
         logits = model(batch).logits
         for t, name in enumerate(model.task_names):
-            f = torch.stack([torch.relu(r[:, t] @ model.experts.weights[0][e] + model.experts.biases[0][e])
+            f = torch.stack([torch.relu(r[:, t] @ model.block.experts.weights[0][e] + model.block.experts.biases[0][e])
                              for e in range(3)], dim=1)  # f_i(r_t): [B, E, He]
-            g = torch.softmax(r[:, t] @ model.gates.weight[t] + model.gates.bias[t], -1)  # [B, E]
+            g = torch.softmax(r[:, t] @ model.block.gates.weight[t] + model.block.gates.bias[t], -1)  # [B, E]
             z = (g.unsqueeze(-1) * f).sum(1)
             tower = model.head.rest_layers  # tower_hidden [] : one affine layer to the logit
             want = z @ tower.weights[0][t] + tower.biases[0][t]
@@ -225,3 +225,13 @@ def test_dtrn_trains_on_movielens_temporal_and_clears_an_auc_floor(data_dir, tmp
     scores = [h["valid_score"] for h in res.history]
     assert res.history[res.best_epoch - 1]["valid_score"] == max(scores)  # selected on validation
 
+
+
+def test_shared_mtl_gives_each_tower_its_own_representation():
+    spec, fm, model, batch = _model({"mtl": "shared", "tower_hidden": []})
+    with torch.no_grad():
+        r = model.representations(batch)
+        logits = model(batch).logits
+        tower = model.head.rest_layers
+        for t, name in enumerate(model.task_names):
+            assert torch.allclose(logits[name], (r[:, t] @ tower.weights[0][t] + tower.biases[0][t]).squeeze(-1), atol=1e-5)

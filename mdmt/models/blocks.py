@@ -2,7 +2,9 @@
 
 The middle of the three plug-in parts (backbone H × multi-task block × head). Every block has
 ``forward(x [B, H], domain [B]) -> [B, T, d]`` and ``out_dim = d``; ``domain`` is there for
-blocks that route by domain (the generic ones below ignore it).
+blocks that route by domain (the generic ones below ignore it). ``shared`` and ``mmoe`` also take
+one input per task, ``x [B, T, H]`` (task-specific bottoms such as DTRN's ``r_t``): each task then
+reads its own input (``mmoe``: task ``t``'s gate mixes the experts applied to ``x_t``).
 
 ======== ========================================================================================
 shared   SharedBottom: every task reads the same ``x`` (``d = H``)
@@ -86,8 +88,8 @@ class SharedBlock(Block):
         self.out_dim, self.num_tasks, self.expand = in_dim, num_tasks, expand
 
     def forward(self, x: Tensor, domain: Tensor) -> Tensor:
-        if not self.expand:
-            return x  # [B, H]: every task's representation
+        if not self.expand or x.dim() == 3:
+            return x  # [B, H]: every task's representation; [B, T, H]: each task's own
         return x.unsqueeze(1).expand(-1, self.num_tasks, -1)  # a view: no copy
 
 
@@ -97,6 +99,8 @@ class MMoEBlock(Block):
     ``g^k(x) = softmax(W_gk x)`` (``[E]``) and ``f^k(x) = Σ_i g^k(x)_i f_i(x)``.
 
     Shapes: ``x`` ``[B, H]`` -> experts ``[B, E, He]`` -> gates ``[B, T, E]`` -> ``[B, T, He]``.
+    With one input per task, ``x`` ``[B, T, H]``: ``f^k(x_k) = Σ_i softmax(W_gk x_k)_i f_i(x_k)``,
+    experts ``[B, T, E, He]`` -> ``[B, T, He]``.
     """
 
     def __init__(
@@ -110,6 +114,10 @@ class MMoEBlock(Block):
         self.out_dim = self.experts.out_dim
 
     def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        if x.dim() == 3:  # one input per task: every expert applied to each task's x_k
+            B, T, H = x.shape
+            f = self.experts(x.reshape(B * T, H)).view(B, T, self.experts.num, -1)  # f_i(x_k): [B, T, E, He]
+            return self.gates(x, f)  # Σ_i softmax(W_gk x_k)_i f_i(x_k): [B, T, He]
         f = self.experts(x)  # expert outputs f_i(x): [B, E, He]
         return self.gates(x, f)  # f^k(x) = Σ_i softmax(W_gk x)_i f_i(x): [B, T, He]
 

@@ -65,9 +65,10 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..embeddings import EmbeddingCollection
-from ..layers import MLP, Gate, MultiHeadAttention, MultiHeadSelfAttention, ParallelMLP
+from ..layers import MLP, MultiHeadAttention, MultiHeadSelfAttention, ParallelMLP
 from ..schema import ConfigError, DatasetSpec
 from .base import MDMTModel, ModelOutput, register
+from .blocks import BlockConfig, build_block
 from .compose import HeadedConfig
 from .heads import build_head
 
@@ -238,15 +239,10 @@ class DTRN(MDMTModel):
         if cfg.trm:
             self.refine = ParallelMLP(raw, [cfg.refine_hidden], T, out_dim=raw)  # MLP_t, sigmoid outside
 
-        # ---- the multi-task model (Eq. 10) and the towers
-        if cfg.mtl == "mmoe":
-            self.experts = ParallelMLP(raw, cfg.expert_hidden, cfg.num_experts, dropout=cfg.dropout, act=cfg.act,
-                                       norm=cfg.norm)
-            self.gates = Gate(raw, cfg.num_experts, num_gates=T)
-            out_dim = self.experts.out_dim
-        else:
-            out_dim = raw
-        self.head = build_head(cfg.head, out_dim, T, cfg.towers(), cfg.head_params, embeddings)
+        # ---- the multi-task model (Eq. 10): a block over the T task-specific inputs, then the towers
+        block_cfg = BlockConfig(num_experts=cfg.num_experts, expert_hidden=cfg.expert_hidden)
+        self.block = build_block(cfg.mtl, raw, T, block_cfg, cfg.dropout, cfg.act, cfg.norm)
+        self.head = build_head(cfg.head, self.block.out_dim, T, cfg.towers(), cfg.head_params, embeddings)
 
     def report_notes(self) -> list[str]:
         return list(self._notes)
@@ -295,11 +291,7 @@ class DTRN(MDMTModel):
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embeddings(batch)  # one lookup (one id-dropout draw) for every view
         r = self.representations(batch, emb)  # [B, T, D]
-        if self.cfg.mtl == "mmoe":  # Eq. 10 with MMoE: task t's gate mixes the experts of its own r_t
-            B, T, D = r.shape
-            f = self.experts(r.reshape(B * T, D)).view(B, T, self.cfg.num_experts, -1)  # f_i(r_t): [B, T, E, He]
-            z = self.gates(r, f)  # Σ_i softmax(W_gt r_t)_i f_i(r_t): [B, T, He]
-        else:
-            z = r
+        # Eq. 10: MMoE (task t's gate mixes the experts applied to its own r_t: [B, T, He]) or shared (r_t itself)
+        z = self.block(r, batch.domain)
         gate = self.head.gate_input(self.embeddings, batch, self.embeddings.pooled(batch, emb))
         return self.output(self.head(z, gate))
