@@ -776,6 +776,38 @@ def test_headline_states_wins_ties_and_losses_of_the_proposed_entries():
     assert "Model (" in weak_part.split("significantly worse than:")[1].splitlines()[0]
 
 
+def test_cell_comparison_gathers_the_significant_cells_sparsest_first():
+    """DELTA makes Model significantly better in cell 0, worse in cell 1, neither in 2 and 3; the
+    list gives the mean differences and orders the cells by their test positives."""
+    from mdmt.bench.report import cell_comparison
+
+    s = summarize(_records(), baseline="Base")["toy"]
+    c0, c1 = s.cells[0], s.cells[1]
+    s.positives = {c: 100 * (len(s.cells) - i) for i, c in enumerate(s.cells)}  # the last cell is the sparsest
+    md = "\n".join(cell_comparison(s))
+    header, rows = _table_rows(md, "| Model | Regime")
+    better, worse = rows["Model"][2], rows["Model"][3]
+    d0 = 100 * (np.mean([BASE[0][i] + DELTA[0][i] for i in range(4)]) - np.mean(BASE[0]))
+    d1 = 100 * (np.mean([BASE[1][i] + DELTA[1][i] for i in range(4)]) - np.mean(BASE[1]))
+    assert better == f"1 of 4: {c0} ({d0:+.2f}, 400 pos.)"
+    assert worse == f"1 of 4: {c1} ({d1:+.2f}, 300 pos.)"
+    assert "Base" not in rows  # the baseline is not compared with itself
+    assert "**Per cell against Base**" in markdown_dataset(s)
+    # sparsest first: make the model better in both cells 0 and 1 and flip the sizes
+    recs = _records()
+    for r in recs:
+        if r["label"] == "Model":
+            r["test"]["cells"][1]["auc"] = r["test"]["cells"][1]["auc"] + 0.06 + 0.001 * r["seed"]
+    s2 = summarize(recs, baseline="Base")["toy"]
+    s2.positives = {c0: 500, c1: 20}
+    better2 = _table_rows("\n".join(cell_comparison(s2)), "| Model | Regime")[1]["Model"][2]
+    assert better2.startswith(f"2 of 4: {c1} (") and f"; {c0} (" in better2
+    # nothing to say without a baseline row or with one seed
+    assert cell_comparison(summarize(_records(), baseline="nope")["toy"]) == []
+    one = [r for r in _records() if r["seed"] == 0]
+    assert cell_comparison(summarize(one, baseline="Base")["toy"]) == []
+
+
 def test_seed_noise_line_states_the_minimal_detectable_difference():
     from mdmt.bench.report import MDD_Z, minimal_detectable_difference, seed_noise
 

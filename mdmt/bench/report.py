@@ -32,6 +32,7 @@ __all__ = [
     "result_rows",
     "summarize",
     "seesaw_matrix",
+    "cell_comparison",
     "markdown_dataset",
     "markdown_report",
     "model_settings_text",
@@ -513,6 +514,44 @@ def seed_noise(s: DatasetSummary) -> list[str]:
             f"**{100 * minimal_detectable_difference(med, n):.2f}**.", ""]
 
 
+def cell_comparison(s: DatasetSummary) -> list[str]:
+    """Markdown lines: for every row but the baseline, the cells where it is significantly better or
+    worse than the baseline (the table's stars and daggers, gathered), each with the difference of
+    the mean AUC and, when the split's sizes are known, the cell's test positives, sparsest first.
+
+    This is where a bench answers "which cells gain from sharing, and where does sharing hurt"
+    when its baseline is the row that shares least. Empty without a baseline row, with one
+    cell, or with fewer than 2 seeds.
+    """
+    if len(s.cells) < 2 or s.baseline not in [m.label for m in s.models]:
+        return []
+    others = [m for m in s.models if m.label != s.baseline]
+    if not any(st.p is not None for m in others for st in m.cell_auc.values()):
+        return []
+    base = s.model(s.baseline)
+    known = bool(s.positives)
+    order = sorted(s.cells, key=lambda c: (s.positives.get(c, 0), s.cells.index(c))) if known else list(s.cells)
+
+    def item(m: ModelSummary, c: str) -> str:
+        diff = 100 * (m.cell_auc[c].mean - base.cell_auc[c].mean)
+        pos = f", {s.positives.get(c, 0):,} pos." if known else ""
+        return f"{c} ({diff:+.2f}{pos})"
+
+    rows = []
+    for m in others:
+        better = [item(m, c) for c in order if c in m.cell_auc and m.cell_auc[c].sign > 0]
+        worse = [item(m, c) for c in order if c in m.cell_auc and m.cell_auc[c].sign < 0]
+        tested = sum(1 for c in s.cells if c in m.cell_auc and m.cell_auc[c].p is not None)
+        rows.append([m.label, m.regime, f"{len(better)} of {tested}: " + ("; ".join(better) if better else "none"),
+                     f"{len(worse)} of {tested}: " + ("; ".join(worse) if worse else "none")])
+    what = "cells ordered from the fewest test positives; " if known else ""
+    return [f"**Per cell against {s.baseline}** ({what}in brackets the difference of the mean test AUC, "
+            f"units of 10⁻²{', and the test positives' if known else ''}; two-sided paired t-test over seeds, "
+            f"p < {SIG_LEVEL}):", "",
+            _table(["Model", "Regime", f"Significantly better than {s.baseline} in",
+                    f"Significantly worse than {s.baseline} in"], rows, ["l", "l", "l", "l"]), ""]
+
+
 def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str | None = None) -> str:
     """The papers' layout for one data set.
 
@@ -619,6 +658,9 @@ def markdown_dataset(s: DatasetSummary, *, with_std: bool = True, data_desc: str
                 + (f" Cells with fewer than {FEW_POSITIVES} positives ({', '.join(few)}) give noisy AUCs." if few else "")
                 + (f" {INDICATIVE}: fewer than {FEW_USERS} users in the cell ({', '.join(sorted(few_users))}); its "
                    "figures are indicative only." if few_users else "")]
+    comparison = cell_comparison(s)
+    if comparison:
+        out += ["", *comparison[:-1]]
     if any(m.cell_gauc for m in s.models):
         best_gauc = {c: _best({m.label: m.cell_gauc[c].mean for m in s.models if c in m.cell_gauc}, True)
                      for c in s.cells}
