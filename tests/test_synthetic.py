@@ -343,3 +343,30 @@ def test_prehistory_can_be_switched_off():
     assert [f.name for f in raw.spec.sequence_features()] == ["seq_like"]
     with pytest.raises(ConfigError, match="prehistory_days"):
         generate(SyntheticConfig(rows=2_000, prehistory_days=-1))
+
+
+# ---- domain shift -----------------------------------------------------------------------------
+def _cross_domain_user_correlation(raw: RawData, task: str = "like") -> float:
+    """Spearman correlation over users seen in both A and B of their mean oracle logit of ``task``
+    in A against that in B: how much a user's behaviour in one domain tells about the other."""
+    p = pl.col(f"{ORACLE_PREFIX}{task}")
+    per = (raw.frame.filter(pl.col("domain").is_in(["A", "B"]))
+           .group_by("user_id", "domain").agg((p.log() - (1 - p).log()).mean().alias("logit"), pl.len().alias("n"))
+           .filter(pl.col("n") >= 5)
+           .pivot(on="domain", index="user_id", values="logit").drop_nulls())
+    return float(per.select(pl.corr("A", "B", method="spearman")).item())
+
+
+def test_domain_shift_sets_how_much_the_domains_share():
+    """With domain_shift 0 the domains share the users' preferences (a user's like propensity in A
+    predicts it in B); a large shift rotates them apart. The default is the calibrated 0.4."""
+    assert SyntheticConfig().domain_shift == 0.4
+    kw = dict(preset="douyin", rows=40_000, num_users=400, num_items=2_000, seed=5, prehistory_days=0,
+              sequences=["like"])
+    corr = {lam: _cross_domain_user_correlation(generate(SyntheticConfig(**kw, domain_shift=lam)))
+            for lam in (0.0, 0.4, 2.0)}
+    assert corr[0.0] > 0.85
+    assert corr[0.0] > corr[0.4] > corr[2.0]
+    assert corr[2.0] < 0.7
+    with pytest.raises(ConfigError, match="domain_shift"):
+        generate(SyntheticConfig(rows=2_000, domain_shift=-0.1))

@@ -68,7 +68,7 @@ class _GeneratorForm(nn.Module):
     """The generator's logit (module docstring) with learnable values. Inputs are ``[B]`` codes."""
 
     def __init__(self, n_users: int, n_items: int, n_dom: int, n_task: int, n_cat: int, n_auth: int, k: int,
-                 user_sd: float = 0.8, item_sd: float = 0.6) -> None:
+                 user_sd: float = 0.8, item_sd: float = 0.6, dom_cat_sd: float = 0.3) -> None:
         super().__init__()
         self.k = k
 
@@ -94,7 +94,7 @@ class _GeneratorForm(nn.Module):
         #: (module, prior sd): the L2 penalty of each random term, at the generator's scales
         self.priors = [
             (self.user_res, user_sd), (self.item_res, item_sd), (self.user_bias, 0.35), (self.item_bias, 0.5),
-            (self.user_task, 0.5), (self.item_task, 0.5), (self.dom_cat, 0.3),
+            (self.user_task, 0.5), (self.item_task, 0.5), (self.dom_cat, max(dom_cat_sd, 1e-3)),
             (self.gender, 0.5), (self.age, 0.5), (self.cat, 0.8), (self.author, 1.0),
         ]  # fmt: skip
 
@@ -174,6 +174,7 @@ def learnable_ceiling(
         n_task=len(raw.spec.task_names), n_cat=int(log["item_category"].max()) + 1,
         n_auth=int(log["item_author"].max()) + 1, k=k,
         user_sd=PRESETS[cfg.preset].user_factor_sd, item_sd=PRESETS[cfg.preset].item_factor_sd,
+        dom_cat_sd=0.3 * (cfg.domain_shift / 0.4),  # the generator's sd of c[d, category]
     )  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tx = {k_: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k_, v in x_fit.items()}

@@ -35,7 +35,8 @@ Generative process
    wide), items ``v = c[category] + 0.4 w[author] + eta`` and authors ``w``; the own parts
    ``eps`` and ``eta`` (sd ``Preset.user_factor_sd`` / ``item_factor_sd``) are what only the ids
    reveal. Domain ``d``
-   shifts preferences linearly: ``u_d = u W_d + s_d`` with ``W_d = I + 0.4 G_d / sqrt(k)``.
+   shifts preferences linearly: ``u_d = u W_d + s_d`` with ``W_d = I + lambda G_d / sqrt(k)``,
+   ``s_d ~ N(0, (0.75 lambda)^2)`` (``lambda = domain_shift``, 0.4 by default).
 4. **Correlated tasks.** A common engagement score
    ``E = <u_d, v> / sqrt(k) + b_user + q_item + c[d, category] + h[hour]``
    is shared by all tasks; task ``t`` adds an author affinity ``<u_d, w_author> / sqrt(k)``, a
@@ -142,6 +143,12 @@ class SyntheticConfig(StrictModel):
             the preset's (as long as the log: 14 days for douyin, 12 for kuaishou).
         prior_strength: pseudo-impressions ``K`` of the smoothed pre-history rates
             ``(positives + K p_t) / (exposures + K)``.
+        domain_shift: how far the domains pull apart: the scale ``lambda`` of the preference
+            rotation ``W_d = I + lambda G_d / sqrt(k)``, with the preference shift ``s_d`` and
+            the domain-category affinity ``c[d, category]`` at sd ``0.75 lambda``. 0 makes the
+            domains differ only in their members, rows, rates and signal strengths (sharing
+            across domains costs nothing); larger values make a joint model's forced sharing
+            across domains cost more. The default 0.4 is the one the presets are calibrated at.
     """
 
     preset: Literal["douyin", "kuaishou"] = "douyin"
@@ -155,6 +162,7 @@ class SyntheticConfig(StrictModel):
     sequences: list[str] | None = None
     prehistory_days: int | None = None
     prior_strength: float = 20.0
+    domain_shift: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -560,6 +568,8 @@ def _check(cfg: SyntheticConfig, preset: Preset) -> None:
         raise ConfigError(f"{src}: prehistory_days must be >= 0, got {cfg.prehistory_days}")
     if cfg.prior_strength <= 0:
         raise ConfigError(f"{src}: prior_strength must be positive, got {cfg.prior_strength}")
+    if not (cfg.domain_shift >= 0 and math.isfinite(cfg.domain_shift)):
+        raise ConfigError(f"{src}: domain_shift must be a finite number >= 0, got {cfg.domain_shift}")
     users, items = _sizes(cfg)
     if users < len(preset.domains) or items < len(preset.domains):
         raise ConfigError(f"{src}: num_users and num_items must be at least {len(preset.domains)}")
@@ -669,10 +679,11 @@ def _generate(cfg: SyntheticConfig, keep_prehistory: bool = False) -> tuple[RawD
     q_item = r.normal(0.0, 0.5, n_items)
 
     r = _rng(seed, "domains")
-    w_dom = np.eye(k)[None] + 0.4 * r.normal(0.0, 1.0, (n_dom, k, k)) / math.sqrt(k)
-    s_dom = r.normal(0.0, 0.3, (n_dom, k))
+    lam = cfg.domain_shift  # 0.3 = 0.75 * 0.4 is written as 0.3 * (lam / 0.4): bit-identical at the default
+    w_dom = np.eye(k)[None] + lam * r.normal(0.0, 1.0, (n_dom, k, k)) / math.sqrt(k)
+    s_dom = r.normal(0.0, 0.3 * (lam / 0.4), (n_dom, k))
     u_dom = np.einsum("uk,dkl->dul", u, w_dom) + s_dom[:, None, :]  # [D, U, k]
-    dom_cat = r.normal(0.0, 0.3, (n_dom, n_cat))
+    dom_cat = r.normal(0.0, 0.3 * (lam / 0.4), (n_dom, n_cat))
     hour_eff = 0.2 * np.cos(2 * np.pi * (np.arange(24) - 21) / 24)
 
     # 4. correlated tasks ----------------------------------------------------------------------
