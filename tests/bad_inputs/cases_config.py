@@ -155,3 +155,10 @@ def arch_holdout_zero(ws: Workspace) -> list[str]:
 def arch_every_bad(ws: Workspace) -> list[str]:
     ws.project()
     return ["train", "exp.yaml", "--set", "train.arch_every=0"]
+
+
+@bad_input("config", "A negative domain shift for the synthetic generator", expect="domain_shift must be")
+def negative_domain_shift(ws: Workspace) -> list[str]:
+    ws.write("synthetic.yaml", "name: s\ndata:\n  source: synthetic\n  params: {preset: douyin, rows: 2000, "
+             "domain_shift: -0.5}\nmodel: {name: mlp}\ntrain: {epochs: 1}\noutput_dir: runs\n")
+    return ["train", "synthetic.yaml"]
